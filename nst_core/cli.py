@@ -1,0 +1,270 @@
+"""The `nst` command.
+
+Every expected failure (bad option, unreadable image, unwritable output) ends as one line on
+stderr naming the file or option and the fix, with exit code 2, and nothing written at the
+output path. Set NST_DEBUG=1 to see tracebacks of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nst_core.errors import ImageError, NstError, ParamsError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Batch neural style transfer (Gatys et al.).",
+)
+err_console = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _option_label(field: str) -> str:
+    return f"--{field.replace('_', '-')}" if field else "options"
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _read_input(path: Path, role: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such {role} file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, expected a {role} image file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied reading the {role} image") from None
+
+
+def _check_output(out: Path) -> None:
+    """Fail before any work when OUT cannot be written."""
+    from nst_core.images import format_for
+
+    format_for(out.name)
+    folder = out.parent
+    if not folder.is_dir():
+        raise ImageError(f"{out}: output folder {folder} does not exist; create it first")
+    if out.is_dir():
+        raise ImageError(f"{out}: is a folder; give a file name such as {out / 'out.png'}")
+    if not os.access(folder, os.W_OK):
+        raise ImageError(f"{out}: output folder {folder} is not writable")
+
+
+def _parse_blend(weights: str | None, count: int) -> list[float] | None:
+    values = _split(weights)
+    if values is None:
+        return None
+    try:
+        parsed = [float(v) for v in values]
+    except ValueError:
+        raise ParamsError(
+            [f"--style-weights: expected numbers like 0.7,0.3, got {weights!r}"]
+        ) from None
+    if len(parsed) != count:
+        raise ParamsError([f"--style-weights: {len(parsed)} weights for {count} style images"])
+    if any(w < 0 for w in parsed) or sum(parsed) <= 0:
+        raise ParamsError(["--style-weights: weights must be >= 0 and not all zero"])
+    return parsed
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]stylising"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("evals"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+@app.command()
+def stylize(
+    content: Path = typer.Argument(..., help="Content image (photo)."),
+    styles: list[Path] = typer.Argument(..., help="One or more style images (paintings)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output image: .png, .jpg or .webp."),
+    size: str | None = typer.Option(None, metavar="N", help="Longest output side [512]."),
+    iterations: str | None = typer.Option(
+        None, metavar="N", help="Loss evaluations per scale [300]."
+    ),
+    content_weight: str | None = typer.Option(None, metavar="W", help="Content weight [1]."),
+    style_weight: str | None = typer.Option(None, metavar="W", help="Style weight [50]."),
+    tv_weight: str | None = typer.Option(None, metavar="W", help="Total-variation weight [0]."),
+    style_weights: str | None = typer.Option(
+        None, metavar="W1,W2", help="Blend weights, one per style image [equal]."
+    ),
+    content_layers: str | None = typer.Option(None, metavar="L,..", help="[relu4_2]"),
+    style_layers: str | None = typer.Option(
+        None, metavar="L,..", help="[relu1_1,relu2_1,relu3_1,relu4_1,relu5_1]"
+    ),
+    style_layer_weights: str | None = typer.Option(
+        None, metavar="W,..", help="One weight per style layer [equal]."
+    ),
+    optimizer: str | None = typer.Option(None, metavar="lbfgs|adam", help="[lbfgs]"),
+    learning_rate: str | None = typer.Option(None, metavar="LR", help="Adam step size [0.02]."),
+    init: str | None = typer.Option(None, metavar="content|noise|style", help="[content]"),
+    seed: str | None = typer.Option(None, metavar="N", help="Random seed [0]."),
+    scales: str | None = typer.Option(
+        None, metavar="S,..", help="Coarse-to-fine sizes run before --size, e.g. 256,512."
+    ),
+    style_scale: str | None = typer.Option(
+        None, metavar="F", help="Style image size relative to the output [1]."
+    ),
+    preserve_color: bool = typer.Option(
+        False, "--preserve-color", help="Keep the content's colours."
+    ),
+    weights: str | None = typer.Option(
+        None, metavar="caffe|torchvision|PATH", help="VGG19 weights [caffe]."
+    ),
+    pooling: str | None = typer.Option(None, metavar="max|avg", help="[max]"),
+    device: str | None = typer.Option(None, metavar="D", help="auto, cpu, cuda, cuda:N, mps."),
+    precision: str | None = typer.Option(None, metavar="auto|fp32|bf16", help="[auto]"),
+) -> None:
+    """Stylise CONTENT with one or more STYLES and write OUT plus OUT's .json record."""
+    from nst_core.params import parse_params
+
+    given = {
+        "size": size,
+        "iterations": iterations,
+        "content_weight": content_weight,
+        "style_weight": style_weight,
+        "tv_weight": tv_weight,
+        "content_layers": _split(content_layers),
+        "style_layers": _split(style_layers),
+        "style_layer_weights": _split(style_layer_weights),
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "init": init,
+        "seed": seed,
+        "scales": _split(scales),
+        "style_scale": style_scale,
+        "preserve_color": preserve_color or None,
+        "weights": weights,
+        "pooling": pooling,
+        "device": device,
+        "precision": precision,
+    }
+    params = parse_params({k: v for k, v in given.items() if v is not None}, label=_option_label)
+    blend = _parse_blend(style_weights, len(styles))
+    _check_output(out)
+    _stylize_files(content, styles, blend, params, out)
+
+
+def _stylize_files(content: Path, styles: list[Path], blend, params, out: Path) -> None:
+    from nst_core import images, jobs, storage
+    from nst_core.transfer import Pair, stylize
+
+    started = time.perf_counter()
+    content_bytes = _read_input(content, "content")
+    style_bytes = [_read_input(path, "style") for path in styles]
+    pair = Pair(
+        content=images.decode_image(content_bytes, str(content)),
+        styles=[
+            images.decode_image(data, str(p)) for data, p in zip(style_bytes, styles, strict=True)
+        ],
+        params=params,
+        style_weights=blend,
+        content_name=str(content),
+        style_names=[str(p) for p in styles],
+    )
+    read_s = time.perf_counter() - started
+
+    console = Console(stderr=True)
+    with _progress_bar(console) as bar:
+        task = bar.add_task("stylise", total=None, losses="")
+
+        def progress(done: int, total: int, losses: list[dict[str, float]]) -> None:
+            row = losses[0]
+            text = (
+                f"total {row['total']:.4g}  content {row['content']:.4g}  style {row['style']:.4g}"
+            )
+            bar.update(task, completed=done, total=total, losses=text)
+
+        result = stylize(pair, progress=progress)
+    optimise_s = time.perf_counter() - started - read_s
+
+    storage.atomic_write(out, images.encode_image(result.image, out.name))
+    weights = blend or [1.0] * len(styles)
+    record = jobs.build_record(
+        output=str(out),
+        content={"uri": str(content), "sha256": jobs.sha256(content_bytes)},
+        styles=[
+            {"uri": str(p), "sha256": jobs.sha256(data), "weight": w}
+            for p, data, w in zip(styles, style_bytes, weights, strict=True)
+        ],
+        params=params,
+        result=result,
+        timings={
+            "read_s": read_s,
+            "optimize_s": optimise_s,
+            "total_s": time.perf_counter() - started,
+        },
+    )
+    # The record goes last: its presence says the image beside it is complete.
+    storage.atomic_write(out.with_suffix(".json"), jobs.json_bytes(record))
+    final = result.final
+    w, h = result.image.size
+    typer.echo(
+        f"wrote {out} ({w}x{h}) in {time.perf_counter() - started:.1f} s on {result.device} "
+        f"({result.precision}); style loss {final['style']:.4g}, content loss "
+        f"{final['content']:.4g}; record {out.with_suffix('.json')}"
+    )
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("outputs/demo"), help="Where inputs and output go."),
+    size: int = typer.Option(192, help="Longest output side."),
+    iterations: int = typer.Option(150, help="Loss evaluations."),
+) -> None:
+    """Stylise a drawn town with a drawn swirl pattern on this machine, as a smoke test."""
+    from nst_core.demo import write_demo_inputs
+    from nst_core.params import parse_params
+
+    folder.mkdir(parents=True, exist_ok=True)
+    content, style = write_demo_inputs(folder / "inputs")
+    params = parse_params({"size": size, "iterations": iterations}, label=_option_label)
+    _stylize_files(content, [style], None, params, folder / "town--swirls.png")
+
+
+def main() -> None:
+    try:
+        app()
+    except NstError as exc:
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was written for the unfinished output")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("NST_DEBUG"):
+            raise
+        err_console.print(
+            f"error: unexpected {type(exc).__name__}: {exc} (set NST_DEBUG=1 for a traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

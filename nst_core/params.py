@@ -1,0 +1,179 @@
+"""StyleParams: every tunable of one style-transfer job, with defaults and validation.
+
+One model serves the `nst stylize` options, a manifest's `defaults` and per-pair `params`,
+and the Prefect flow's overrides, so a name means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nst_core.errors import ParamsError
+from nst_core.layers import LAYER_NAMES
+
+DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+class StyleParams(BaseModel):
+    """Tunables of the Gatys et al. optimisation. Unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(512, ge=16, le=8192, description="Longest side of the output, pixels.")
+    iterations: int = Field(
+        300, ge=1, le=100_000, description="Loss evaluations (forward+backward) per scale."
+    )
+    content_layers: tuple[str, ...] = Field(
+        DEFAULT_CONTENT_LAYERS, min_length=1, description="VGG19 layers whose features are kept."
+    )
+    style_layers: tuple[str, ...] = Field(
+        DEFAULT_STYLE_LAYERS, min_length=1, description="VGG19 layers whose Gram matrices match."
+    )
+    style_layer_weights: tuple[float, ...] | None = Field(
+        None, description="One weight per style layer; default: equal weights summing to 1."
+    )
+    content_weight: float = Field(1.0, ge=0, description="Weight of the content loss.")
+    style_weight: float = Field(50.0, ge=0, description="Weight of the style loss.")
+    tv_weight: float = Field(0.0, ge=0, description="Weight of the total-variation loss.")
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    learning_rate: float = Field(
+        0.02, gt=0, le=10, description="Adam step size, in units of the 0-1 image range."
+    )
+    init: Literal["content", "noise", "style"] = "content"
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds noise init; same seed, same run.")
+    scales: tuple[int, ...] | None = Field(
+        None,
+        description="Coarse-to-fine sizes run before `size` (smaller ones first; `size` is "
+        "always the last scale).",
+    )
+    preserve_color: bool = Field(
+        False, description="Transfer luminance only; keep content colours."
+    )
+    style_scale: float = Field(
+        1.0, gt=0, le=4, description="Style image size relative to the output size."
+    )
+    weights: str = Field(
+        "caffe", min_length=1, description="VGG19 weights: caffe, torchvision or a state-dict path."
+    )
+    pooling: Literal["max", "avg"] = "max"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    history_every: int = Field(10, ge=1, description="Record losses every N evaluations.")
+
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _known_layers(cls, layers: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in layers if name not in LAYER_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown VGG19 layer {', '.join(unknown)}; "
+                "use convB_C, reluB_C or poolB (e.g. relu4_2)"
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError("a layer is listed twice")
+        return layers
+
+    @field_validator("style_layer_weights")
+    @classmethod
+    def _non_negative(cls, weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError("weights must be >= 0 and not all zero")
+        return weights
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        base, _, index = device.partition(":")
+        if base not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        if index and base != "cuda":
+            raise ValueError("only cuda takes a device index (cuda:N)")
+        return device
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, scales: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if scales is not None and any(s < 16 for s in scales):
+            raise ValueError("every scale must be at least 16 px")
+        return scales
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StyleParams:
+        if self.style_layer_weights is not None and len(self.style_layer_weights) != len(
+            self.style_layers
+        ):
+            raise ValueError(
+                f"style_layer_weights has {len(self.style_layer_weights)} entries "
+                f"but style_layers has {len(self.style_layers)}"
+            )
+        if self.scales is not None and max(self.scales) > self.size:
+            raise ValueError(f"scales must not exceed size ({self.size}), got {max(self.scales)}")
+        return self
+
+    def schedule(self) -> list[int]:
+        """The sizes actually run, coarse to fine; always ends at `size`."""
+        coarse = sorted({s for s in self.scales or () if s < self.size})
+        return [*coarse, self.size]
+
+    def layer_weights(self) -> dict[str, float]:
+        """Style layer -> weight, normalised to sum to 1."""
+        raw = self.style_layer_weights or (1.0,) * len(self.style_layers)
+        total = sum(raw)
+        return {name: w / total for name, w in zip(self.style_layers, raw, strict=True)}
+
+    def batch_key(self) -> tuple:
+        """What must be equal for two jobs to be optimised in one batch.
+
+        Loss weights may differ per pair; everything that shapes the network, the schedule
+        or the optimiser's steps may not.
+        """
+        return (
+            self.size,
+            self.iterations,
+            self.content_layers,
+            self.style_layers,
+            self.optimizer,
+            self.learning_rate,
+            self.scales,
+            self.weights,
+            self.pooling,
+            self.precision,
+            self.device,
+            self.history_every,
+        )
+
+
+def parse_params(
+    values: dict,
+    *,
+    where: str = "params",
+    base: StyleParams | None = None,
+    label: Callable[[str], str] | None = None,
+) -> StyleParams:
+    """StyleParams from plain values (over `base`), or ParamsError listing every problem.
+
+    Each problem reads `KEY: message`, where KEY is `where.field` unless `label` maps field
+    names to what the user typed (CLI options), so one function serves every entry point.
+    """
+    merged = {**(base.model_dump() if base else {}), **values}
+    try:
+        return StyleParams(**merged)
+    except ValidationError as exc:
+        label = label or (lambda field: f"{where}.{field}" if field else where)
+        raise ParamsError(format_validation_errors(exc, label)) from None
+
+
+def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        indices = "".join(f"[{p}]" for p in err["loc"] if isinstance(p, int))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict | None):
+            message += f", got {err['input']!r}"
+        problems.append(f"{label(field)}{indices}: {message}")
+    return problems

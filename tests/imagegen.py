@@ -1,0 +1,39 @@
+"""Small synthetic images, so no test needs files from outside the repo."""
+
+from __future__ import annotations
+
+import io
+import random
+
+from PIL import Image, ImageDraw
+
+
+def scene(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    """A content-like picture: sky, ground and a few coloured blocks."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (width, height), (120, 170, 230))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, height * 2 // 3, width, height], fill=(60, 130, 60))
+    for _ in range(4 if min(width, height) >= 24 else 0):
+        x, y = rng.randrange(width - 8), rng.randrange(height // 3, height - 8)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        draw.rectangle([x, y, x + rng.randrange(6, 16), y + rng.randrange(6, 16)], fill=colour)
+    return image
+
+
+def stripes(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
+    """A style-like picture: bold diagonal strokes in a small palette."""
+    rng = random.Random(seed)
+    palette = [(20, 40, 120), (240, 200, 50), (200, 60, 40), (30, 120, 140)]
+    image = Image.new("RGB", (width, height), palette[0])
+    draw = ImageDraw.Draw(image)
+    for _ in range(60):
+        x, y = rng.randrange(-width, width), rng.randrange(height)
+        draw.line([(x, y), (x + width // 2, y + height // 3)], fill=rng.choice(palette), width=3)
+    return image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

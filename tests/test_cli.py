@@ -1,0 +1,172 @@
+"""The `nst stylize` command: outputs, records and one-line errors for bad input."""
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+from imagegen import png_bytes, scene
+
+from nst_core import cli
+
+FAST = ["--size", "48", "--iterations", "8", "--device", "cpu", "--precision", "fp32"]
+
+
+def run_cli(args, capsys):
+    """Run `nst ARGS` in-process; return (exit code, stdout, stderr)."""
+    sys.argv = ["nst", *map(str, args)]
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def test_stylize_writes_the_image_and_its_record(image_files, tmp_path, capsys):
+    content, style = image_files
+    out = tmp_path / "result.jpg"
+    code, stdout, _ = run_cli(["stylize", content, style, "-o", out, *FAST, "--seed", "5"], capsys)
+    assert code == 0
+    assert f"wrote {out}" in stdout
+    from PIL import Image
+
+    assert Image.open(out).format == "JPEG" and Image.open(out).size == (48, 36)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["status"] == "completed"
+    assert record["params"]["size"] == 48 and record["params"]["seed"] == 5
+    assert record["inputs"]["content"]["uri"] == str(content)
+    assert len(record["inputs"]["content"]["sha256"]) == 64
+    assert record["inputs"]["styles"][0]["weight"] == 1.0
+    assert record["losses"]["final"]["style"] > 0
+    assert record["losses"]["history"][-1]["evaluation"] == 8
+    assert record["device"] == "cpu" and record["precision"] == "fp32"
+    assert record["weights"] == "caffe"
+    assert {"torch", "torchvision", "python"} <= set(record["versions"])
+    assert record["timings"]["total_s"] > 0
+
+
+def test_several_styles_blend_with_their_weights(image_files, tmp_path, capsys):
+    content, style = image_files
+    other = tmp_path / "other.png"
+    other.write_bytes(png_bytes(scene(seed=4)))
+    out = tmp_path / "blend.png"
+    args = ["stylize", content, style, other, "-o", out, *FAST, "--style-weights", "0.7,0.3"]
+    code, _, _ = run_cli(args, capsys)
+    assert code == 0
+    styles = json.loads(out.with_suffix(".json").read_text())["inputs"]["styles"]
+    assert [s["weight"] for s in styles] == [0.7, 0.3]
+
+
+def _huge_png() -> bytes:
+    """A valid PNG header declaring 30000 x 30000 pixels, far over Pillow's bomb limit."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+BAD_CONTENT = {
+    "not an image": (b"just some text, not pixels", "not an image"),
+    "empty file": (b"", "empty file"),
+    "truncated": (png_bytes(scene(96, 96))[:300], "truncated or corrupt"),
+    "decompression bomb": (_huge_png(), "decompression-bomb limit"),
+    "too small": (png_bytes(scene(400, 6)), "too small for layer relu5_1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONTENT))
+def test_bad_content_image_is_one_clear_line(case, image_files, tmp_path, capsys):
+    _, style = image_files
+    data, expected = BAD_CONTENT[case]
+    content = tmp_path / "photo.jpg"
+    content.write_bytes(data)
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(["stylize", content, style, "-o", out, *FAST], capsys)
+    assert_one_line_error(code, err, [str(content), expected])
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+BAD_OPTIONS = {
+    "unknown layer": (["--style-layers", "relu1_1,relu9_9"], ["--style-layers", "relu9_9"]),
+    "negative weight": (["--style-weight", "-5"], ["--style-weight", "greater than or equal"]),
+    "non-numeric weight": (["--content-weight", "abc"], ["--content-weight", "'abc'"]),
+    "bad blend": (["--style-weights", "1,2"], ["--style-weights", "2 weights for 1 style"]),
+    "bad optimizer": (["--optimizer", "sgd"], ["--optimizer", "'lbfgs' or 'adam'"]),
+    "bad device": (["--device", "tpu"], ["--device", "cuda:N"]),
+    "layer weights count": (["--style-layer-weights", "1,2"], ["style_layer_weights has 2"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_option_is_one_clear_line(case, image_files, tmp_path, capsys):
+    content, style = image_files
+    extra, expected = BAD_OPTIONS[case]
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(["stylize", content, style, "-o", out, *FAST, *extra], capsys)
+    assert_one_line_error(code, err, expected)
+    assert not out.exists()
+
+
+def test_missing_input_file_is_named(image_files, tmp_path, capsys):
+    _, style = image_files
+    missing = tmp_path / "nope.jpg"
+    code, _, err = run_cli(["stylize", missing, style, "-o", tmp_path / "o.png"], capsys)
+    assert_one_line_error(code, err, [str(missing), "no such content file"])
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("missing-folder/out.png", "does not exist"),
+        ("out.gif", "unsupported output format .gif"),
+        ("a-folder", "is a folder"),
+    ],
+)
+def test_unwritable_output_fails_before_any_work(name, expected, image_files, tmp_path, capsys):
+    content, style = image_files
+    (tmp_path / "a-folder.png").mkdir()
+    out = tmp_path / (name if name != "a-folder" else "a-folder.png")
+    code, _, err = run_cli(["stylize", content, style, "-o", out, *FAST], capsys)
+    assert_one_line_error(code, err, [expected])
+    assert not (tmp_path / "missing-folder").exists()
+
+
+def test_existing_output_survives_a_failed_run(image_files, tmp_path, capsys):
+    content, style = image_files
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"earlier result")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"garbage")
+    code, _, _ = run_cli(["stylize", broken, style, "-o", out, *FAST], capsys)
+    assert code == 2
+    assert out.read_bytes() == b"earlier result"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_console_script_runs_end_to_end(image_files, tmp_path):
+    content, style = image_files
+    out = tmp_path / "cli.png"
+    nst = subprocess.run(
+        [sys.executable, "-m", "nst_core.cli", "stylize", content, style, "-o", out, *FAST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert nst.returncode == 0, nst.stderr
+    assert out.exists() and out.with_suffix(".json").exists()
+    assert "Traceback" not in nst.stderr
+
+
+def assert_one_line_error(code, err, expected_parts):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    for part in expected_parts:
+        assert part in lines[0]
+    assert "Traceback" not in err

@@ -1,0 +1,64 @@
+import torch
+
+from nst_core.losses import blend_grams, content_loss, gram, style_loss, tv_loss
+
+
+def test_gram_matches_a_hand_computed_example():
+    # C=2, H=1, W=3: F = [[1, 2, 3], [0, 1, -1]]
+    features = torch.tensor([[1.0, 2.0, 3.0], [0.0, 1.0, -1.0]]).view(1, 2, 1, 3)
+    # F F^T = [[14, -1], [-1, 2]], divided by C*H*W = 6
+    expected = torch.tensor([[14.0, -1.0], [-1.0, 2.0]]) / 6
+    torch.testing.assert_close(gram(features)[0], expected)
+
+
+def test_gram_batched_equals_one_by_one():
+    features = torch.randn(4, 8, 5, 7)
+    batched = gram(features)
+    assert batched.shape == (4, 8, 8)
+    for b in range(4):
+        torch.testing.assert_close(batched[b : b + 1], gram(features[b : b + 1]))
+
+
+def test_gram_is_fp32_under_bf16_autocast():
+    features = torch.randn(2, 4, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = gram(features.bfloat16())
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, gram(features.bfloat16().float()))
+
+
+def test_blend_weights_average_the_gram_targets():
+    a = {"relu1_1": torch.ones(1, 2, 2)}
+    b = {"relu1_1": torch.zeros(1, 2, 2)}
+    blended = blend_grams([a, b], [0.75, 0.25])
+    torch.testing.assert_close(blended["relu1_1"], torch.full((1, 2, 2), 0.75))
+    # weights need not sum to one
+    torch.testing.assert_close(blend_grams([a, b], [3, 1])["relu1_1"], blended["relu1_1"])
+
+
+def test_losses_are_per_sample_and_independent_of_the_batch():
+    feats = {"a": torch.randn(3, 4, 5, 5), "b": torch.randn(3, 6, 3, 3)}
+    content_targets = {"a": torch.randn(3, 4, 5, 5)}
+    style_targets = {"a": torch.rand(3, 4, 4), "b": torch.rand(3, 6, 6)}
+    layer_weights = {"a": 0.25, "b": 0.75}
+    c = content_loss(feats, content_targets)
+    s = style_loss(feats, style_targets, layer_weights)
+    assert c.shape == s.shape == (3,)
+    for i in range(3):
+        one = {k: v[i : i + 1] for k, v in feats.items()}
+        torch.testing.assert_close(
+            c[i : i + 1], content_loss(one, {"a": content_targets["a"][i : i + 1]})
+        )
+        expected = sum(
+            w * (gram(one[n]) - style_targets[n][i : i + 1]).square().mean()
+            for n, w in layer_weights.items()
+        )
+        torch.testing.assert_close(s[i], expected)
+    torch.testing.assert_close(c, (feats["a"] - content_targets["a"]).square().mean(dim=(1, 2, 3)))
+
+
+def test_tv_loss_is_zero_for_flat_images_and_grows_with_noise():
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    noisy = flat + 0.1 * torch.randn_like(flat)
+    assert torch.equal(tv_loss(flat), torch.zeros(2))
+    assert (tv_loss(noisy) > 0).all()

@@ -1,0 +1,202 @@
+import pytest
+import torch
+from imagegen import scene, stripes
+
+from nst_core import images, transfer
+from nst_core.errors import ImageError, ParamsError
+from nst_core.params import StyleParams
+from nst_core.transfer import GramCache, Pair, resolve_precision, stylize, stylize_batch
+
+SMALL = {"size": 64, "iterations": 40, "device": "cpu", "precision": "fp32"}
+
+
+def params(**overrides) -> StyleParams:
+    return StyleParams(**{**SMALL, **overrides})
+
+
+def test_style_loss_falls_by_90_percent_at_64px(content_image, style_image):
+    result = stylize(Pair(content_image, [style_image], params(iterations=60, history_every=1)))
+    start = result.history[0]
+    assert start["evaluation"] == 1
+    assert result.final["style"] <= 0.1 * start["style"]
+    assert result.image.size == (64, 48)
+    # the content term was allowed to grow, but not to dominate
+    assert result.final["total"] < start["total"]
+
+
+def test_history_is_recorded_every_n_evaluations(content_image, style_image):
+    result = stylize(Pair(content_image, [style_image], params(iterations=25, history_every=10)))
+    assert [row["evaluation"] for row in result.history] == [10, 20, 25]
+    assert set(result.history[0]) == {
+        "evaluation",
+        "scale",
+        "seconds",
+        "total",
+        "content",
+        "style",
+        "tv",
+    }
+
+
+def test_a_seed_makes_a_run_reproducible_byte_for_byte(content_image, style_image):
+    def run(seed):
+        pair = Pair(content_image, [style_image], params(init="noise", seed=seed, iterations=20))
+        return images.encode_image(stylize(pair).image, "out.png")
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def mixed_pairs(iterations: int) -> list[Pair]:
+    """Four pairs that differ in everything a batch allows to differ."""
+    n = {"iterations": iterations}
+    return [
+        Pair(scene(seed=1), [stripes(seed=1)], params(style_weight=1e3, **n)),
+        Pair(
+            scene(seed=2),
+            [stripes(seed=2), stripes(seed=3)],
+            params(content_weight=5.0, style_layer_weights=(1, 1, 1, 1, 4), **n),
+            style_weights=[0.3, 0.7],
+        ),
+        Pair(scene(seed=3), [stripes(seed=4)], params(tv_weight=10.0, init="noise", seed=9, **n)),
+        Pair(scene(seed=4), [stripes(seed=5)], params(init="style", preserve_color=True, **n)),
+    ]
+
+
+class PerSampleNetwork(torch.nn.Module):
+    """Runs the real network one sample at a time: batch-invariant arithmetic by construction."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        outs = [self.inner(x[i : i + 1]) for i in range(x.shape[0])]
+        return {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
+
+
+@pytest.fixture
+def one_thread():
+    """Intra-op threads split a lone row's reductions differently from a batch's rows."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_engine_couples_no_pair_to_its_batch(monkeypatch, one_thread):
+    """With batch-invariant arithmetic, a pair's output is identical alone or batched."""
+    real = transfer.load_vgg
+    monkeypatch.setattr(transfer, "load_vgg", lambda *a: PerSampleNetwork(real(*a)))
+    pairs = mixed_pairs(iterations=15)
+    for pair, together in zip(pairs, stylize_batch(pairs), strict=True):
+        alone = stylize(pair)
+        assert images.encode_image(alone.image, "a.png") == images.encode_image(
+            together.image, "b.png"
+        )
+        assert alone.history == [
+            {**row, "seconds": alone_row["seconds"]}
+            for row, alone_row in zip(together.history, alone.history, strict=True)
+        ]
+
+
+def test_batched_network_gives_the_same_quality_as_one_by_one():
+    """Batched convolutions round differently; the optimisation lands close, not bit-equal."""
+    pairs = mixed_pairs(iterations=40)
+    for pair, together in zip(pairs, stylize_batch(pairs), strict=True):
+        alone = stylize(pair)
+        difference = images.to_tensor(alone.image) - images.to_tensor(together.image)
+        assert difference.abs().mean().item() < 0.05
+        assert together.final["total"] == pytest.approx(alone.final["total"], rel=0.15)
+
+
+def test_adam_reduces_the_loss(content_image, style_image):
+    result = stylize(
+        Pair(
+            content_image,
+            [style_image],
+            params(optimizer="adam", iterations=60, history_every=1, learning_rate=0.03),
+        )
+    )
+    assert result.final["total"] < 0.5 * result.history[0]["total"]
+
+
+def test_coarse_to_fine_runs_each_scale_and_ends_at_size(content_image, style_image):
+    result = stylize(Pair(content_image, [style_image], params(scales=(32, 64), iterations=10)))
+    assert sorted({row["scale"] for row in result.history}) == [32, 64]
+    assert result.history[-1]["evaluation"] == 20
+    assert result.image.size == (64, 48)
+
+
+def test_preserve_color_keeps_the_content_colours(content_image, style_image):
+    result = stylize(Pair(content_image, [style_image], params(preserve_color=True)))
+    content = images.to_tensor(content_image)
+    out = images.to_tensor(result.image)
+    chroma = lambda t: images.rgb_to_yiq(t)[:, 1:]  # noqa: E731
+    plain = images.to_tensor(stylize(Pair(content_image, [style_image], params())).image)
+    assert (chroma(out) - chroma(content)).abs().mean() < 0.02
+    assert (chroma(plain) - chroma(content)).abs().mean() > 2 * (
+        chroma(out) - chroma(content)
+    ).abs().mean()
+
+
+@pytest.mark.parametrize("init", ["content", "noise", "style"])
+def test_every_init_reduces_the_loss(init, content_image, style_image):
+    result = stylize(Pair(content_image, [style_image], params(init=init, history_every=1)))
+    assert result.final["total"] < result.history[0]["total"]
+
+
+def test_style_targets_are_computed_once_per_style_image():
+    style = stripes()
+    cache = GramCache()
+    calls = []
+    original = cache.get
+
+    def counting_get(key, image, compute):
+        def counted():
+            calls.append(image)
+            return compute()
+
+        return original(key, image, counted)
+
+    cache.get = counting_get
+    pairs = [Pair(scene(seed=s), [style], params(iterations=2)) for s in range(3)]
+    stylize_batch(pairs, cache=cache)
+    stylize(Pair(scene(seed=5), [style], params(iterations=2)), cache=cache)
+    assert len(calls) == 1
+
+
+def test_style_scale_changes_the_style_targets(content_image, style_image):
+    small = stylize(
+        Pair(content_image, [style_image], params(style_scale=0.5, iterations=1, history_every=1))
+    )
+    full = stylize(Pair(content_image, [style_image], params(iterations=1, history_every=1)))
+    assert small.history[0]["style"] != full.history[0]["style"]
+
+
+def test_image_too_small_for_the_deepest_layer_names_it():
+    thin = scene(width=200, height=4)
+    with pytest.raises(ImageError, match=r"content: too small for layer relu5_1 at 64x1 px"):
+        stylize(Pair(thin, [stripes()], params()))
+
+
+def test_pairs_with_different_schedules_cannot_share_a_batch():
+    pairs = [Pair(scene(), [stripes()], params()), Pair(scene(), [stripes()], params(iterations=5))]
+    with pytest.raises(ParamsError, match="must share"):
+        stylize_batch(pairs)
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_amx(monkeypatch):
+    from nst_core import transfer
+
+    monkeypatch.setattr(transfer, "cpu_has_amx", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(transfer, "cpu_has_amx", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_bf16_runs_and_keeps_losses_fp32(content_image, style_image):
+    result = stylize(Pair(content_image, [style_image], params(precision="bf16", iterations=10)))
+    assert result.precision == "bf16"
+    assert result.final["style"] > 0
