@@ -202,12 +202,20 @@ def _stylize_files(content: Path, styles: list[Path], blend, params, out: Path) 
 
     storage.atomic_write(out, images.encode_image(result.image, out.name))
     weights = blend or [1.0] * len(styles)
+    style_shas = [jobs.sha256(data) for data in style_bytes]
+    key = jobs.job_key(
+        jobs.sha256(content_bytes),
+        list(zip(style_shas, weights, strict=True)),
+        params,
+        out.suffix.lstrip(".").lower(),
+    )
     record = jobs.build_record(
+        key=key,
         output=str(out),
         content={"uri": str(content), "sha256": jobs.sha256(content_bytes)},
         styles=[
-            {"uri": str(p), "sha256": jobs.sha256(data), "weight": w}
-            for p, data, w in zip(styles, style_bytes, weights, strict=True)
+            {"uri": str(p), "sha256": sha, "weight": w}
+            for p, sha, w in zip(styles, style_shas, weights, strict=True)
         ],
         params=params,
         result=result,
@@ -226,6 +234,72 @@ def _stylize_files(content: Path, styles: list[Path], blend, params, out: Path) 
         f"({result.precision}); style loss {final['style']:.4g}, content loss "
         f"{final['content']:.4g}; record {out.with_suffix('.json')}"
     )
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict:
+    """`key=value` options -> dict; values are YAML scalars or lists (50, 1e4, [a, b])."""
+    import yaml
+
+    overrides = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError([f"--param: expected key=value, got {item!r}"])
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+MAX_JOBS_HELP = "Refuse manifests that expand to more jobs than this."
+
+
+@app.command()
+def validate(
+    manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
+    max_jobs: int = typer.Option(10_000, help=MAX_JOBS_HELP),
+) -> None:
+    """Check a manifest; print OK with its job count, or every problem (exit 2)."""
+    from nst_core.manifest import load_plan
+
+    plan = load_plan(manifest, max_jobs=max_jobs)
+    typer.echo(f"OK: {plan.summary()}")
+
+
+@app.command()
+def plan(
+    manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
+    max_jobs: int = typer.Option(10_000, help=MAX_JOBS_HELP),
+) -> None:
+    """List every job of a manifest as done or pending, with its output URI, and totals."""
+    from nst_core import jobs
+    from nst_core.manifest import load_plan
+
+    loaded = load_plan(
+        manifest, overrides=_parse_overrides(param), overrides_label="--param", max_jobs=max_jobs
+    )
+    done = 0
+    all_jobs = jobs.build_jobs(loaded)
+    for job in all_jobs:
+        finished = jobs.is_done(job)
+        done += finished
+        typer.echo(f"{'done   ' if finished else 'pending'}  {job.output}")
+    typer.echo(
+        f"{len(all_jobs)} jobs: {done} done, {len(all_jobs) - done} pending; outputs in "
+        f"{loaded.output}"
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the manifest JSON Schema (the source of manifests/schema.json)."""
+    import json
+
+    from nst_core.manifest import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
 
 
 @app.command()

@@ -50,6 +50,19 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     return _to_rgb(ImageOps.exif_transpose(image))
 
 
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) after EXIF rotation, from the header alone; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # any decoder failure: the job itself will report it
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _HIGH_DEPTH_MODES:
         # Pillow's convert("L") clips 16-bit values instead of scaling them.

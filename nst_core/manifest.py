@@ -1,0 +1,424 @@
+"""Manifest v1: the YAML contract data teams write, validated strictly and expanded into jobs.
+
+Every problem is reported at once, each as `FILE: key.path[index]: what was expected, what was
+found`. Parsing is defensive because manifests arrive from buckets: a size limit before
+parsing, a safe loader that rejects duplicate keys, and a budget on the parsed structure so
+YAML alias bombs and deep nesting fail fast instead of exhausting memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
+
+from nst_core import storage
+from nst_core.errors import NstError, ParamsError
+from nst_core.params import StyleParams, format_validation_errors, parse_params
+
+MAX_MANIFEST_BYTES = 1 << 20
+DEFAULT_MAX_JOBS = 10_000
+# A legitimate manifest of 10,000 jobs is far below these; alias bombs blow straight past.
+MAX_YAML_VALUES = 200_000
+MAX_YAML_DEPTH = 32
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+OUTPUT_FORMATS = ("jpg", "png", "webp")
+
+
+class ManifestError(NstError):
+    """The manifest is invalid; `problems` holds one `FILE: key: reason` line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# -- the schema ---------------------------------------------------------------------------
+def _patch_model() -> type[BaseModel]:
+    """StyleParams with every field optional: what `defaults` and per-pair `params` hold.
+
+    Field types and ranges come from StyleParams itself, so the two cannot drift; checks
+    across fields run later, on the merged parameters.
+    """
+    fields = {}
+    for name, info in StyleParams.model_fields.items():
+        optional = info.annotation | None
+        patched = info.merge_field_infos(info, default=None)
+        fields[name] = (optional, patched)
+    return create_model("StyleParamsPatch", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+StyleParamsPatch = _patch_model()
+# `defaults` and per-pair `params` are checked field by field while the manifest is expanded,
+# so their problems are reported together with missing files and empty globs.
+ParamsPatch = Annotated[
+    dict[str, Any], WithJsonSchema(StyleParamsPatch.model_json_schema(mode="validation"))
+]
+
+
+class StyleRef(BaseModel):
+    """One style image of a blend."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(min_length=1, description="Path or s3:// URI; relative to the manifest.")
+    weight: float = Field(1.0, ge=0, description="Blend weight; weights are normalised.")
+
+
+def _as_style_refs(value: Any) -> Any:
+    """`style: a.jpg` and `style: [a.jpg, {uri: b.jpg, weight: 0.3}]` both mean a list of refs.
+
+    Normalising before validation keeps error paths plain (`pairs[0].style[1].weight`)
+    instead of naming union branches.
+    """
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [{"uri": item} if isinstance(item, str) else item for item in value]
+    return value
+
+
+StyleList = Annotated[
+    list[StyleRef],
+    BeforeValidator(_as_style_refs, json_schema_input_type=str | list[str | StyleRef]),
+]
+
+
+class PairSpec(BaseModel):
+    """An explicit job: one content (or a glob) with one style or a weighted blend."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: str = Field(min_length=1, description="Content image; a glob makes one job each.")
+    style: StyleList = Field(min_length=1, description="A style, or a list of styles to blend.")
+    params: ParamsPatch = Field(default_factory=dict, description="StyleParams for this pair.")
+
+
+class Manifest(BaseModel):
+    """Manifest version 1 (see manifests/schema.json and the README)."""
+
+    model_config = ConfigDict(extra="forbid", title="nst-batch manifest v1")
+    version: Literal[1]
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Batch name; default: the manifest's file stem."
+    )
+    output: str = Field(
+        min_length=1,
+        description="Output folder or s3:// prefix; `{name}` is replaced by the batch name; "
+        "relative paths resolve beside the manifest.",
+    )
+    format: Literal["jpg", "png", "webp"] = Field("jpg", description="Output image format.")
+    defaults: ParamsPatch = Field(default_factory=dict, description="StyleParams for all jobs.")
+    contents: list[str] = Field(
+        default_factory=list, description="Content images (globs allowed): crossed with styles."
+    )
+    styles: list[str] = Field(
+        default_factory=list, description="Style images (globs allowed): crossed with contents."
+    )
+    pairs: list[PairSpec] = Field(default_factory=list, description="Explicit extra jobs.")
+
+    @field_validator("contents", "styles")
+    @classmethod
+    def _no_empty_entries(cls, uris: list[str]) -> list[str]:
+        if any(not uri for uri in uris):
+            raise ValueError("entries must not be empty")
+        return uris
+
+
+def patch_problems(patch: Any, where: str) -> list[str]:
+    """Type and range problems of a `defaults` / `params` mapping, blamed on its keys."""
+    try:
+        StyleParamsPatch.model_validate(patch)
+    except ValidationError as exc:
+        label = lambda field: f"{where}.{field}" if field else where  # noqa: E731
+        return format_validation_errors(exc, label)
+    return []
+
+
+def json_schema() -> dict:
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# -- parsing ------------------------------------------------------------------------------
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # SafeLoader reports unhashable keys itself
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_budget(data: Any) -> str | None:
+    """Walk the parsed data with a budget; aliases make shared subtrees count every time."""
+    count = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            return f"expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?)"
+        if depth > MAX_YAML_DEPTH:
+            return f"nested deeper than {MAX_YAML_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+def parse_manifest(data: bytes, source: str) -> Manifest:
+    """Bytes of a manifest -> Manifest, or ManifestError listing every problem."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            [f"{source}: manifest is {len(data):,} bytes; the limit is {MAX_MANIFEST_BYTES:,}"]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ManifestError([f"{source}: {where}{exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ManifestError([f"{source}: invalid YAML ({exc})"]) from None
+    except RecursionError:
+        raise ManifestError([f"{source}: nested too deeply"]) from None
+    problem = _check_budget(raw)
+    if problem:
+        raise ManifestError([f"{source}: {problem}"])
+    if not isinstance(raw, dict):
+        found = "an empty file" if raw is None else type(raw).__name__
+        raise ManifestError(
+            [f"{source}: expected a mapping with version, output, ..., found {found}"]
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = format_validation_errors(exc, lambda f: f or "manifest")
+        # The parameter mappings are checked during expansion; report theirs now too, so
+        # one run shows every problem of the document.
+        if isinstance(raw.get("defaults"), dict):
+            problems += patch_problems(raw["defaults"], "defaults")
+        pairs = raw.get("pairs") if isinstance(raw.get("pairs"), list) else []
+        for i, pair in enumerate(pairs):
+            if isinstance(pair, dict) and isinstance(pair.get("params"), dict):
+                problems += patch_problems(pair["params"], f"pairs[{i}].params")
+        raise ManifestError([f"{source}: {p}" for p in problems]) from None
+
+
+# -- resolution and expansion -------------------------------------------------------------
+@dataclass(frozen=True)
+class JobSpec:
+    """One output to make, before its inputs are read: URIs and resolved parameters."""
+
+    content: str
+    styles: tuple[tuple[str, float], ...]  # (uri, blend weight)
+    params: StyleParams
+    source: str  # where in the manifest it came from, for messages: contents x styles / pairs[i]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated manifest with every URI resolved and every glob expanded."""
+
+    uri: str
+    name: str
+    output: str
+    format: str
+    jobs: list[JobSpec]
+    n_contents: int
+    n_styles: int
+    n_pair_jobs: int
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.jobs)} jobs ({self.n_contents} contents x {self.n_styles} styles"
+            f" + {self.n_pair_jobs} pairs)"
+        )
+
+
+def load_plan(
+    uri: str,
+    *,
+    overrides: dict | None = None,
+    overrides_label: str = "params",
+    max_jobs: int = DEFAULT_MAX_JOBS,
+) -> Plan:
+    """Read, validate and expand the manifest at `uri` (local path or s3://)."""
+    storage.check_uri(uri)
+    try:
+        if storage.size(uri) > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                [f"{uri}: manifest is larger than the limit of {MAX_MANIFEST_BYTES:,} bytes"]
+            )
+        data = storage.read_bytes(uri)
+    except storage.StorageError as exc:
+        raise ManifestError([str(exc)]) from None
+    manifest = parse_manifest(data, uri)
+    return expand(
+        manifest, uri, overrides=overrides, overrides_label=overrides_label, max_jobs=max_jobs
+    )
+
+
+def expand(
+    manifest: Manifest,
+    uri: str,
+    *,
+    overrides: dict | None = None,
+    overrides_label: str = "params",
+    max_jobs: int = DEFAULT_MAX_JOBS,
+) -> Plan:
+    """Resolve URIs against the manifest's location, merge parameters, expand globs.
+
+    Parameters merge in this order: built-in defaults, the manifest's `defaults`, the run's
+    `overrides` (flow or CLI), then a pair's own `params`, the most specific.
+    """
+    problems: list[str] = []
+    base = storage.parent(uri)
+    name = manifest.name or storage.stem(uri)
+    if not re.match(NAME_PATTERN, name):
+        problems.append(f"{uri}: name: the file stem {name!r} is not a valid batch name; set name")
+
+    def checked(patch: dict, where: str) -> dict | None:
+        """Each field's type and range, blamed on the key the user wrote."""
+        found = patch_problems(patch, where)
+        problems.extend(f"{uri}: {p}" for p in found)
+        return (
+            None if found else StyleParamsPatch.model_validate(patch).model_dump(exclude_unset=True)
+        )
+
+    base_patch = checked(manifest.defaults, "defaults")
+    override_patch = checked(overrides or {}, overrides_label)
+
+    def params_for(patch: dict, where: str) -> StyleParams | None:
+        """Merged parameters; checks across fields (layer weights vs layers) run here."""
+        own = checked(patch, where) if patch else {}
+        if own is None or base_patch is None or override_patch is None:
+            return None
+        try:
+            return parse_params({**base_patch, **override_patch, **own}, where=where)
+        except ParamsError as exc:
+            problems.extend(f"{uri}: {p}" for p in exc.problems)
+            return None
+
+    defaults = params_for({}, "defaults")
+    output = _resolve_output(manifest.output, name, base, uri, problems)
+
+    def resolve(entry: str, where: str) -> list[str]:
+        try:
+            storage.check_uri(entry)
+            full = storage.join(base, entry)
+            if storage.has_glob(full):
+                matches = [m for m in storage.glob(full) if not _inside(m, output)]
+                if not matches:
+                    problems.append(f"{uri}: {where}: glob {entry!r} matched no files")
+                return matches
+            if not storage.exists(full):
+                problems.append(f"{uri}: {where}: no such file {entry!r} (looked for {full})")
+                return []
+            return [full]
+        except storage.StorageError as exc:
+            problems.append(f"{uri}: {where}: {exc.cause}")
+            return []
+
+    contents = _unique(
+        u for i, e in enumerate(manifest.contents) for u in resolve(e, f"contents[{i}]")
+    )
+    styles = _unique(u for i, e in enumerate(manifest.styles) for u in resolve(e, f"styles[{i}]"))
+    if manifest.contents and not manifest.styles:
+        problems.append(f"{uri}: styles: contents are listed but no styles to cross them with")
+    if manifest.styles and not manifest.contents:
+        problems.append(f"{uri}: contents: styles are listed but no contents to cross them with")
+
+    pair_jobs: list[JobSpec] = []
+    for i, pair in enumerate(manifest.pairs):
+        where = f"pairs[{i}]"
+        params = params_for(pair.params, f"{where}.params")
+        pair_contents = resolve(pair.content, f"{where}.content")
+        refs = []
+        for j, ref in enumerate(pair.style):
+            found = resolve(ref.uri, f"{where}.style[{j}]")
+            if len(found) > 1:
+                problems.append(
+                    f"{uri}: {where}.style[{j}]: a blend takes single images, "
+                    f"but {ref.uri!r} matched {len(found)}"
+                )
+            refs.extend((f, ref.weight) for f in found[:1])
+        if refs and sum(w for _, w in refs) <= 0:
+            problems.append(f"{uri}: {where}.style: blend weights must not all be zero")
+        if params is not None:
+            pair_jobs.extend(JobSpec(c, tuple(refs), params, where) for c in pair_contents)
+
+    total = len(contents) * len(styles) + len(pair_jobs)
+    if total > max_jobs:
+        problems.append(
+            f"{uri}: expands to {total:,} jobs; the limit is {max_jobs:,} "
+            "(split the manifest, or raise the limit)"
+        )
+    elif total == 0 and not problems:
+        problems.append(f"{uri}: no jobs: list contents and styles, or pairs")
+    if problems:
+        raise ManifestError(problems)
+    cross = [
+        JobSpec(c, ((s, 1.0),), defaults, "contents x styles") for c in contents for s in styles
+    ]
+    return Plan(
+        uri=uri,
+        name=name,
+        output=output,
+        format=manifest.format,
+        jobs=cross + pair_jobs,
+        n_contents=len(contents),
+        n_styles=len(styles),
+        n_pair_jobs=len(pair_jobs),
+    )
+
+
+def _resolve_output(output: str, name: str, base: str, uri: str, problems: list[str]) -> str:
+    template = output.replace("{name}", name)
+    if "{" in template or "}" in template:
+        problems.append(
+            f"{uri}: output: only the placeholder {{name}} is supported, got {output!r}"
+        )
+    if storage.has_glob(template):
+        problems.append(f"{uri}: output: must be a folder or prefix, not a glob, got {output!r}")
+    try:
+        storage.check_uri(template)
+    except storage.StorageError as exc:
+        problems.append(f"{uri}: output: {exc.cause}")
+        return template
+    return storage.join(base, template).rstrip("/")
+
+
+def _inside(candidate: str, folder: str) -> bool:
+    """Whether `candidate` lies under `folder`: earlier outputs never become inputs."""
+    return candidate.startswith(folder.rstrip("/") + "/")
+
+
+def _unique(items) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,200 @@
+"""What a batch run leaves for people: summary.json, report.md, a contact sheet, a loss plot.
+
+Pillow draws the pictures; the project has no plotting dependency, and these are simple.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from nst_core import images, storage
+from nst_core.jobs import Job
+
+THUMB = 160
+LABEL_H = 16
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
+
+
+def job_entry(
+    job: Job,
+    status: str,
+    *,
+    record: dict | None = None,
+    error: str | None = None,
+    seconds: float | None = None,
+) -> dict:
+    """One job's line in summary.json."""
+    final = (record or {}).get("losses", {}).get("final")
+    return {
+        "key": job.key,
+        "label": job.label,
+        "content": job.content,
+        "styles": [{"uri": uri, "weight": weight} for uri, weight in job.styles],
+        "status": status,
+        "output": job.output,
+        "record": job.record,
+        "losses": final,
+        "seconds": seconds,
+        "error": error,
+    }
+
+
+def summarize(run_name: str, manifest: str, entries: list[dict], wall_seconds: float) -> dict:
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("completed", "failed", "skipped")}
+    done_now = counts["completed"]
+    return {
+        "run": run_name,
+        "manifest": manifest,
+        "jobs": entries,
+        "totals": {
+            "jobs": len(entries),
+            **counts,
+            "wall_seconds": round(wall_seconds, 2),
+            "images_per_hour": round(done_now / wall_seconds * 3600, 1) if wall_seconds else 0.0,
+        },
+    }
+
+
+def markdown_report(summary: dict) -> str:
+    totals = summary["totals"]
+    lines = [
+        f"# Style transfer run `{summary['run']}`",
+        "",
+        f"Manifest: `{summary['manifest']}`",
+        "",
+        f"**{totals['completed']} completed, {totals['failed']} failed, {totals['skipped']} "
+        f"skipped** of {totals['jobs']} jobs in {totals['wall_seconds']:.1f} s "
+        f"({totals['images_per_hour']:.1f} images/hour).",
+        "",
+        "| job | status | seconds | total loss | style loss | content loss | output / error |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for entry in summary["jobs"]:
+        losses = entry["losses"] or {}
+        seconds = f"{entry['seconds']:.1f}" if entry["seconds"] is not None else ""
+        where = entry["error"] if entry["status"] == "failed" else entry["output"]
+        lines.append(
+            f"| {_md(entry['label'])} | {entry['status']} | {seconds} | "
+            f"{_num(losses.get('total'))} | {_num(losses.get('style'))} | "
+            f"{_num(losses.get('content'))} | {_md(str(where))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else ""
+
+
+def contact_sheet(entries: list[dict]) -> bytes:
+    """A grid of thumbnails: one row per content, one column per style (or blend), labelled."""
+    rows = list(dict.fromkeys(e["content"] for e in entries))
+    columns = list(dict.fromkeys(_style_label(e) for e in entries))
+    font = ImageFont.load_default()
+    width = THUMB * (len(columns) + 1)
+    height = (THUMB + LABEL_H) * (len(rows) + 1)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(columns, start=1):
+        draw.text((c * THUMB + 4, 2), _clip(label), fill="black", font=font)
+    for r, content in enumerate(rows, start=1):
+        y = r * (THUMB + LABEL_H)
+        draw.text((4, y - LABEL_H + 2), _clip(storage.name(content)), fill="black", font=font)
+        _paste(sheet, _thumbnail(content), 0, y)
+        for entry in entries:
+            if entry["content"] != content:
+                continue
+            x = (columns.index(_style_label(entry)) + 1) * THUMB
+            if entry["status"] == "failed":
+                draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline="red", width=3)
+                draw.text((x + 10, y + THUMB // 2), "failed", fill="red", font=font)
+            else:
+                _paste(sheet, _thumbnail(entry["output"]), x, y)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _style_label(entry: dict) -> str:
+    return " + ".join(storage.name(s["uri"]) for s in entry["styles"])
+
+
+def _clip(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _thumbnail(uri: str) -> Image.Image | None:
+    try:
+        image = images.decode_image(storage.read_bytes(uri), uri)
+    except Exception:  # a missing or broken image leaves its cell empty, not the sheet
+        return None
+    image.thumbnail((THUMB - 8, THUMB - 8))
+    return image
+
+
+def _paste(sheet: Image.Image, thumb: Image.Image | None, x: int, y: int) -> None:
+    if thumb is not None:
+        sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
+
+
+def loss_plot(histories: Sequence[tuple[str, list[dict]]], size=(720, 440)) -> bytes:
+    """Every job's total loss against evaluations, log-scale y, one coloured line per job."""
+    width, height = size
+    left, right, top, bottom = 70, 20, 20, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    points = [
+        (row["evaluation"], row["total"])
+        for _, history in histories
+        for row in history
+        if row.get("total", 0) > 0 and math.isfinite(row["total"])
+    ]
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    if points:
+        max_x = max(x for x, _ in points) or 1
+        lo = math.floor(math.log10(min(y for _, y in points)))
+        hi = math.ceil(math.log10(max(y for _, y in points)))
+        hi = hi if hi > lo else lo + 1
+
+        def to_px(x: float, y: float) -> tuple[float, float]:
+            px = left + (width - left - right) * x / max_x
+            py = top + (height - top - bottom) * (hi - math.log10(y)) / (hi - lo)
+            return px, py
+
+        for decade in range(lo, hi + 1):
+            _, py = to_px(0, 10.0**decade)
+            draw.line([left, py, width - right, py], fill=(225, 225, 225))
+            draw.text((6, py - 6), f"1e{decade}", fill="black", font=font)
+        for i, (_, history) in enumerate(histories):
+            line = [to_px(r["evaluation"], r["total"]) for r in history if r.get("total", 0) > 0]
+            if len(line) > 1:
+                draw.line(line, fill=PALETTE[i % len(PALETTE)], width=2)
+        draw.text(
+            (width // 2 - 60, height - bottom + 12),
+            f"evaluations (0-{max_x})",
+            fill="black",
+            font=font,
+        )
+    draw.text((left + 6, top + 4), "total loss (log scale)", fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

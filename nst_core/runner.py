@@ -1,0 +1,176 @@
+"""Run one work unit: read its inputs, stylise its jobs as one batch, write images and records.
+
+No Prefect here: the flow calls `run_unit` inside a task, and anything else (a test, a
+script) can call it the same way.
+
+Guarantees:
+- An image is written before its record, each atomically, so a record always has its image.
+- A job that fails (unreadable image, out of memory at batch size 1, a storage error
+  retrying will not fix) gets a `failed` record and the other jobs go on.
+- Out of memory splits the batch in halves and tries again.
+- Storage errors that retrying may fix propagate, so the caller can retry the whole unit;
+  jobs already done are skipped then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from nst_core import images, jobs, storage
+from nst_core.errors import ImageError, NstError
+from nst_core.jobs import Job
+from nst_core.transfer import GramCache, Pair, Result, stylize_batch
+
+
+@dataclass
+class Outcome:
+    """What happened to one job of a unit."""
+
+    job: Job
+    status: str  # completed | failed | skipped
+    seconds: float = 0.0
+    error: str | None = None
+    record: dict | None = field(default=None, repr=False)
+
+
+OnJob = Callable[[Outcome], None]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
+
+
+def run_unit(
+    unit: list[Job],
+    device: str,
+    *,
+    cache: GramCache | None = None,
+    on_job: OnJob | None = None,
+    force: bool = False,
+) -> list[Outcome]:
+    """Stylise `unit` on `device`; one Outcome per job, in order."""
+    cache = cache or GramCache()
+    outcomes: dict[str, Outcome] = {}
+
+    def finish(outcome: Outcome) -> None:
+        outcomes[outcome.job.key] = outcome
+        if on_job:
+            on_job(outcome)
+
+    loaded: list[tuple[Job, Pair, dict]] = []
+    for job in unit:
+        if not force and jobs.is_done(job):  # a retried unit skips what it already wrote
+            finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
+            continue
+        started = time.perf_counter()
+        try:
+            pair, inputs = _load(job, device)
+        except (ImageError, storage.StorageError) as exc:
+            if _is_transient(exc):
+                raise
+            finish(_fail(job, str(exc), time.perf_counter() - started))
+            continue
+        inputs["read_s"] = time.perf_counter() - started
+        loaded.append((job, pair, inputs))
+    _run_batches(loaded, cache, finish)
+    return [outcomes[job.key] for job in unit]
+
+
+def _run_batches(loaded, cache: GramCache, finish: Callable[[Outcome], None]) -> None:
+    """Stylise as one batch; on out-of-memory split in halves, down to single jobs."""
+    if not loaded:
+        return
+    started = time.perf_counter()
+    try:
+        results = stylize_batch([pair for _, pair, _ in loaded], cache=cache)
+    except Exception as exc:
+        if is_out_of_memory(exc) and len(loaded) > 1:
+            _release_memory()
+            half = len(loaded) // 2
+            _run_batches(loaded[:half], cache, finish)
+            _run_batches(loaded[half:], cache, finish)
+            return
+        if not isinstance(exc, NstError) and not is_out_of_memory(exc):
+            raise
+        reason = "out of memory even alone; lower size" if is_out_of_memory(exc) else str(exc)
+        for job, _, _ in loaded:
+            finish(_fail(job, reason, time.perf_counter() - started))
+        _release_memory()
+        return
+    seconds = (time.perf_counter() - started) / len(loaded)
+    for (job, _, inputs), result in zip(loaded, results, strict=True):
+        try:
+            record = _write(job, result, inputs, seconds)
+        except storage.StorageError as exc:
+            if _is_transient(exc):
+                raise
+            finish(_fail(job, str(exc), seconds))
+            continue
+        finish(Outcome(job, "completed", seconds=seconds + inputs["read_s"], record=record))
+
+
+def _load(job: Job, device: str) -> tuple[Pair, dict]:
+    content_bytes = storage.read_bytes(job.content)
+    style_bytes = [storage.read_bytes(uri) for uri, _ in job.styles]
+    pair = Pair(
+        content=images.decode_image(content_bytes, job.content),
+        styles=[
+            images.decode_image(d, uri) for d, (uri, _) in zip(style_bytes, job.styles, strict=True)
+        ],
+        params=job.params.model_copy(update={"device": device}),
+        style_weights=[w for _, w in job.styles],
+        content_name=job.content,
+        style_names=[uri for uri, _ in job.styles],
+        style_ids=list(job.style_shas),
+    )
+    return pair, {}
+
+
+def _write(job: Job, result: Result, inputs: dict, seconds: float) -> dict:
+    started = time.perf_counter()
+    storage.write_bytes(job.output, images.encode_image(result.image, job.output))
+    record = jobs.build_record(
+        key=job.key,
+        output=job.output,
+        content={"uri": job.content, "sha256": job.content_sha},
+        styles=[
+            {"uri": uri, "sha256": sha, "weight": weight}
+            for (uri, weight), sha in zip(job.styles, job.style_shas, strict=True)
+        ],
+        params=job.params,
+        result=result,
+        timings={
+            "read_s": inputs["read_s"],
+            "optimize_s": seconds,
+            "write_s": time.perf_counter() - started,
+        },
+    )
+    # The record goes last: its presence says the image beside it is complete.
+    storage.write_bytes(job.record, jobs.json_bytes(record))
+    return record
+
+
+def _fail(job: Job, reason: str, seconds: float) -> Outcome:
+    record = jobs.failed_record(job, reason)
+    with contextlib.suppress(storage.StorageError):  # the summary still reports the failure
+        storage.write_bytes(job.record, jobs.json_bytes(record))
+    return Outcome(job, "failed", seconds=seconds, error=reason, record=record)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return bool(getattr(exc, "transient", False))
+
+
+def _release_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

