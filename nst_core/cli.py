@@ -303,19 +303,64 @@ def schema() -> None:
 
 
 @app.command()
-def demo(
-    folder: Path = typer.Option(Path("outputs/demo"), help="Where inputs and output go."),
-    size: int = typer.Option(192, help="Longest output side."),
-    iterations: int = typer.Option(150, help="Loss evaluations."),
+def run(
+    manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
+    force: bool = typer.Option(False, "--force", help="Recompute jobs that are done."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; write nothing."),
 ) -> None:
-    """Stylise a drawn town with a drawn swirl pattern on this machine, as a smoke test."""
-    from nst_core.demo import write_demo_inputs
-    from nst_core.params import parse_params
+    """Run the batch flow in this process (Prefect's embedded server unless PREFECT_API_URL).
 
-    folder.mkdir(parents=True, exist_ok=True)
-    content, style = write_demo_inputs(folder / "inputs")
-    params = parse_params({"size": size, "iterations": iterations}, label=_option_label)
-    _stylize_files(content, [style], None, params, folder / "town--swirls.png")
+    Exit 0 when every job completed, 1 when any failed, 2 when the manifest is invalid.
+    """
+    from nst_core.manifest import load_plan
+
+    overrides = _parse_overrides(param)
+    load_plan(manifest, overrides=overrides, overrides_label="--param")  # exit 2 before Prefect
+    # The embedded server needs longer than Prefect's default 20 s on a busy 2-core laptop,
+    # and must not try to send telemetry from machines without internet.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.batch import stylize_batch
+
+    state = stylize_batch(
+        manifest=manifest,
+        params=overrides or None,
+        force=force,
+        dry_run=dry_run,
+        return_state=True,
+    )
+    if not state.is_completed():
+        typer.echo(f"FAILED: {state.message}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    summary = state.result()
+    if dry_run:
+        typer.echo(
+            f"dry run: {summary['jobs']} jobs, {summary['done']} done, "
+            f"{len(summary['pending'])} would run in {len(summary['units'])} units"
+        )
+        for output in summary["pending"]:
+            typer.echo(f"pending  {output}")
+        return
+    totals, folder = summary["totals"], summary["run_folder"]
+    typer.echo(
+        f"{totals['completed']} completed, {totals['failed']} failed, {totals['skipped']} skipped"
+        f" in {totals['wall_seconds']:.1f} s\nsummary:       {folder}/summary.json"
+        f"\ncontact sheet: {folder}/contact_sheet.jpg"
+    )
+
+
+@app.command()
+def demo() -> None:
+    """Draw 2 contents and 2 styles, then run manifests/demo.yaml on this machine."""
+    from nst_core.demo import write_demo_inputs
+
+    manifest = Path(__file__).resolve().parent.parent / "manifests" / "demo.yaml"
+    if not manifest.exists():
+        raise NstError(f"{manifest}: the demo needs a source checkout (manifests/demo.yaml)")
+    # demo.yaml reads its inputs from ../outputs/demo-inputs, beside the manifests folder.
+    write_demo_inputs(manifest.parent.parent / "outputs" / "demo-inputs")
+    run(str(manifest), param=[], force=False, dry_run=False)
 
 
 def main() -> None:

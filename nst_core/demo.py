@@ -1,7 +1,7 @@
 """Demo inputs drawn by the project itself, so `make demo` needs no downloads or shared files.
 
-A small town under a sky (the content) and a swirling brush-stroke pattern (the style).
-Both are deterministic: the same pictures on every machine.
+Two small towns under a sky (the contents), a swirling brush-stroke pattern and a
+stained-glass mosaic (the styles). All deterministic: the same pictures on every machine.
 """
 
 from __future__ import annotations
@@ -13,16 +13,21 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 
 
-def town(width: int = 320, height: int = 240) -> Image.Image:
+def town(width: int = 320, height: int = 240, seed: int = 7, dusk: bool = False) -> Image.Image:
     """Houses with roofs and windows under a sky with a sun, on a green hill."""
     image = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(image)
-    for y in range(height):  # sky gradient, deep blue to pale
+    for y in range(height):  # sky gradient: deep blue to pale, or violet to orange at dusk
         f = y / height
-        draw.line([(0, y), (width, y)], fill=(int(70 + 140 * f), int(120 + 110 * f), 235))
+        sky = (
+            (int(90 + 160 * f), int(60 + 90 * f), int(150 - 60 * f))
+            if dusk
+            else (int(70 + 140 * f), int(120 + 110 * f), 235)
+        )
+        draw.line([(0, y), (width, y)], fill=sky)
     draw.ellipse([width * 0.72, height * 0.08, width * 0.86, height * 0.27], fill=(255, 220, 90))
     draw.ellipse([-width * 0.2, height * 0.62, width * 1.2, height * 1.5], fill=(70, 140, 60))
-    rng = random.Random(7)
+    rng = random.Random(seed)
     x = width * 0.04
     while x < width * 0.92:
         w = rng.uniform(0.1, 0.16) * width
@@ -66,10 +71,50 @@ def swirls(width: int = 256, height: int = 256) -> Image.Image:
     return image.filter(ImageFilter.SMOOTH)
 
 
-def write_demo_inputs(folder: Path) -> tuple[Path, Path]:
-    """Write town.png and swirls.png into `folder`; return their paths."""
+def mosaic(width: int = 256, height: int = 256) -> Image.Image:
+    """Stained glass: bright irregular tiles with dark leading between them."""
+    palette = [
+        (200, 40, 40),
+        (240, 180, 30),
+        (30, 90, 170),
+        (40, 150, 80),
+        (150, 60, 160),
+        (240, 240, 220),
+    ]
+    image = Image.new("RGB", (width, height), (30, 25, 20))
+    draw = ImageDraw.Draw(image)
+    rng = random.Random(5)
+    step = 32
+    corners = {
+        (i, j): (i * step + rng.uniform(-9, 9), j * step + rng.uniform(-9, 9))
+        for i in range(width // step + 2)
+        for j in range(height // step + 2)
+    }
+    for i in range(width // step + 1):
+        for j in range(height // step + 1):
+            quad = [
+                corners[(i, j)],
+                corners[(i + 1, j)],
+                corners[(i + 1, j + 1)],
+                corners[(i, j + 1)],
+            ]
+            draw.polygon(quad, fill=rng.choice(palette), outline=(30, 25, 20), width=4)
+    return image
+
+
+def write_demo_inputs(folder: Path) -> list[Path]:
+    """Write two contents and two styles (content-*.png, style-*.png) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    content, style = folder / "town.png", folder / "swirls.png"
-    town().save(content)
-    swirls().save(style)
-    return content, style
+    drawings = {
+        "content-town.png": town(),
+        "content-dusk.png": town(seed=3, dusk=True),
+        "style-swirls.png": swirls(),
+        "style-mosaic.png": mosaic(),
+    }
+    paths = []
+    for name, image in drawings.items():
+        path = folder / name
+        if not path.exists():  # keep the bytes, and so the job keys, stable across runs
+            image.save(path)
+        paths.append(path)
+    return paths

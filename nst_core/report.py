@@ -105,29 +105,34 @@ def _num(value) -> str:
 
 
 def contact_sheet(entries: list[dict]) -> bytes:
-    """A grid of thumbnails: one row per content, one column per style (or blend), labelled."""
+    """A labelled grid: styles across the top, contents down the side, outputs where they meet."""
     rows = list(dict.fromkeys(e["content"] for e in entries))
     columns = list(dict.fromkeys(_style_label(e) for e in entries))
+    column_styles = {_style_label(e): e["styles"] for e in entries}
     font = ImageFont.load_default()
-    width = THUMB * (len(columns) + 1)
-    height = (THUMB + LABEL_H) * (len(rows) + 1)
-    sheet = Image.new("RGB", (width, height), "white")
+    cell_h = THUMB + LABEL_H
+    sheet = Image.new("RGB", (THUMB * (len(columns) + 1), cell_h * (len(rows) + 1)), "white")
     draw = ImageDraw.Draw(sheet)
+
+    def cell(column: int, row: int, label: str | None, image: Image.Image | None) -> None:
+        x, y = column * THUMB, row * cell_h
+        if label:
+            draw.text((x + 4, y + 2), _clip(label), fill="black", font=font)
+        _paste(sheet, image, x, y + LABEL_H)
+
     for c, label in enumerate(columns, start=1):
-        draw.text((c * THUMB + 4, 2), _clip(label), fill="black", font=font)
+        styles = column_styles[label]
+        cell(c, 0, label, _thumbnail(styles[0]["uri"]) if len(styles) == 1 else None)
     for r, content in enumerate(rows, start=1):
-        y = r * (THUMB + LABEL_H)
-        draw.text((4, y - LABEL_H + 2), _clip(storage.name(content)), fill="black", font=font)
-        _paste(sheet, _thumbnail(content), 0, y)
-        for entry in entries:
-            if entry["content"] != content:
-                continue
-            x = (columns.index(_style_label(entry)) + 1) * THUMB
+        cell(0, r, storage.name(content), _thumbnail(content))
+        for entry in (e for e in entries if e["content"] == content):
+            c = columns.index(_style_label(entry)) + 1
             if entry["status"] == "failed":
+                x, y = c * THUMB, r * cell_h + LABEL_H
                 draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline="red", width=3)
                 draw.text((x + 10, y + THUMB // 2), "failed", fill="red", font=font)
             else:
-                _paste(sheet, _thumbnail(entry["output"]), x, y)
+                cell(c, r, None, _thumbnail(entry["output"]))
     buffer = io.BytesIO()
     sheet.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
@@ -184,10 +189,17 @@ def loss_plot(histories: Sequence[tuple[str, list[dict]]], size=(720, 440)) -> b
             _, py = to_px(0, 10.0**decade)
             draw.line([left, py, width - right, py], fill=(225, 225, 225))
             draw.text((6, py - 6), f"1e{decade}", fill="black", font=font)
-        for i, (_, history) in enumerate(histories):
+        for i, (label, history) in enumerate(histories):
+            colour = PALETTE[i % len(PALETTE)]
             line = [to_px(r["evaluation"], r["total"]) for r in history if r.get("total", 0) > 0]
             if len(line) > 1:
-                draw.line(line, fill=PALETTE[i % len(PALETTE)], width=2)
+                draw.line(line, fill=colour, width=2)
+            if i < 12:  # a legend for the first dozen; beyond that it would hide the plot
+                y = top + 18 + 12 * i
+                draw.line(
+                    [width - right - 250, y + 5, width - right - 235, y + 5], fill=colour, width=2
+                )
+                draw.text((width - right - 230, y), _clip(label, 38), fill="black", font=font)
         draw.text(
             (width // 2 - 60, height - bottom + 12),
             f"evaluations (0-{max_x})",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nst_core import images
+from nst_core.devices import resolve_device, resolve_precision
 from nst_core.errors import ImageError, ParamsError
 from nst_core.layers import min_side
 from nst_core.losses import blend_grams, content_loss, gram, style_loss, tv_loss
@@ -66,45 +67,6 @@ class Result:
     batch_size: int
     device: str
     precision: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParamsError([f"device: {name} requested but no CUDA device is available"])
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ParamsError([f"device: {name} does not exist ({torch.cuda.device_count()} GPUs)"])
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ParamsError(["device: mps requested but not available on this machine"])
-    return device
-
-
-@functools.cache
-def cpu_has_amx() -> bool:
-    """bf16 pays on CPUs with AMX tiles; without them it runs several times slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any("amx_bf16" in line for line in cpuinfo if line.startswith("flags"))
-    except OSError:
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        if precision == "bf16" and device.type == "mps":
-            raise ParamsError(["precision: bf16 autocast is not supported on mps; use fp32"])
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_amx() else "fp32"
-    return "fp32"
 
 
 class GramCache:

@@ -77,3 +77,24 @@ def storage_root(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "root")
     return f"{request.getfixturevalue('_s3_shared_bucket')}/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API (SQLite) for the whole session; yields its URL.
+
+    Logs and events are drained before the server stops, so pytest does not hang shipping
+    them to a server that is gone.
+    """
+    import os
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+        APILogWorker.drain_all(timeout=15)
+        EventsWorker.drain_all(timeout=15)

@@ -187,11 +187,11 @@ def test_pairs_with_different_schedules_cannot_share_a_batch():
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_amx(monkeypatch):
-    from nst_core import transfer
+    from nst_core import devices
 
-    monkeypatch.setattr(transfer, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(transfer, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
     assert resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
 

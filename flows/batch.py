@@ -1,0 +1,233 @@
+"""The stylize-batch flow: a manifest in; every pair stylised; outputs, records and a report out.
+
+Orchestration only: nst_core plans, runs and reports; this module decides what runs where
+and when. GPU (or CPU) concurrency is a Prefect global concurrency limit per device per
+host, so two flows on one machine never oversubscribe a device.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from nst_core import jobs, report, runner, storage, units
+from nst_core.devices import devices_for
+from nst_core.manifest import load_plan
+from nst_core.transfer import GramCache
+
+# Style Grams are reused across the units of a process (keyed by the style bytes' hash).
+_GRAM_CACHE = GramCache()
+SLOT_TIMEOUT_S = 6 * 3600  # a unit waits this long at most for its device
+
+
+class BatchFailed(RuntimeError):
+    """Raised after everything was written, when any job failed: the flow run ends Failed."""
+
+
+def _run_name() -> str:
+    manifest = str(flow_run.parameters.get("manifest", "batch"))
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", storage.stem(manifest)).strip("-") or "batch"
+    return f"{stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def device_limit_name(device: str) -> str:
+    """One concurrency limit per device per host, e.g. nst-gpu-box1-cuda-0."""
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-") or "host"
+    return f"nst-{host}-{device.replace(':', '-')}"
+
+
+def _transient_only(task, task_run, state) -> bool:
+    """Retry a unit only for failures that retrying may fix (storage unreachable, 5xx)."""
+    error = state.result(raise_on_failure=False)
+    return bool(getattr(error, "transient", False))
+
+
+def _unit_name() -> str:
+    from prefect.runtime import task_run
+
+    return task_run.parameters.get("label", "unit")
+
+
+@task(
+    task_run_name=_unit_name,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=_transient_only,
+)
+def stylize_unit(unit: list[jobs.Job], device: str, label: str, force: bool) -> list[dict]:
+    """Stylise one work unit on one device, holding that device's concurrency slot."""
+    logger = get_run_logger()
+
+    def log(outcome: runner.Outcome) -> None:
+        if outcome.status == "completed":
+            final = outcome.record["losses"]["final"]
+            logger.info(
+                "completed %s in %.1f s: total %.4g, content %.4g, style %.4g",
+                outcome.job.label,
+                outcome.seconds,
+                final["total"],
+                final["content"],
+                final["style"],
+            )
+        elif outcome.status == "failed":
+            logger.error("failed %s: %s", outcome.job.label, outcome.error)
+
+    with concurrency(device_limit_name(device), occupy=1, timeout_seconds=SLOT_TIMEOUT_S):
+        outcomes = runner.run_unit(unit, device, cache=_GRAM_CACHE, on_job=log, force=force)
+    return [
+        report.job_entry(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)
+        for o in outcomes
+    ]
+
+
+def _ensure_device_limits(devices: list[str]) -> None:
+    with get_client(sync_client=True) as client:
+        for device in devices:
+            client.upsert_global_concurrency_limit_by_name(device_limit_name(device), 1)
+
+
+@flow(
+    name="stylize-batch",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=8),
+    log_prints=False,
+)
+def stylize_batch(
+    manifest: str,
+    params: dict | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> dict:
+    """Stylise every job of MANIFEST (a path or s3:// URI) that is not done yet.
+
+    `params` overrides the manifest's defaults; `force` recomputes done jobs; `dry_run`
+    plans and reports without stylising or writing anything.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    plan = load_plan(manifest, overrides=params)
+    all_jobs = jobs.build_jobs(plan)
+    done = {j.key for j in all_jobs if not force and jobs.is_done(j)}
+    pending = [j for j in all_jobs if j.key not in done]
+    device_list = devices_for(pending[0].params.device if pending else "cpu")
+    budget = units.memory_budget_bytes(device_list[0])
+    work = units.plan_units(pending, budget)
+    logger.info(
+        "%s: %d jobs, %d done already, %d to run in %d units on %s",
+        plan.uri,
+        len(all_jobs),
+        len(done),
+        len(pending),
+        len(work),
+        ", ".join(device_list),
+    )
+    if dry_run:
+        return {
+            "run": flow_run.name,
+            "jobs": len(all_jobs),
+            "done": len(done),
+            "pending": [j.output for j in pending],
+            "units": [len(u) for u in work],
+        }
+
+    entries = {
+        j.key: report.job_entry(j, "skipped", record=jobs.read_record(j.record))
+        for j in all_jobs
+        if j.key in done
+    }
+    progress_id = create_progress_artifact(0.0, description=f"{plan.name}: jobs finished")
+    if work:
+        _ensure_device_limits(device_list)
+    futures = []
+    for index, unit in enumerate(work):
+        device = device_list[index % len(device_list)]
+        label = _label(index, len(work), unit)
+        futures.append(stylize_unit.submit(unit, device, label, force))
+    finished = 0
+    unit_of = {id(f): u for f, u in zip(futures, work, strict=True)}
+    for future in as_completed(futures):
+        try:
+            results = future.result()
+        except Exception as exc:  # the unit failed after its retries: its jobs failed
+            unit = unit_of[id(future)]
+            results = [report.job_entry(j, "failed", error=f"unit failed: {exc}") for j in unit]
+            logger.error("unit of %d jobs failed: %s", len(unit), exc)
+        for entry in results:
+            entries[entry["key"]] = entry
+        finished += len(results)
+        update_progress_artifact(progress_id, 100.0 * finished / max(1, len(pending)))
+
+    ordered = [entries[j.key] for j in all_jobs]
+    summary = report.summarize(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
+    run_folder = _write_results(plan.output, summary, ordered)
+    summary["run_folder"] = run_folder
+    _publish_artifacts(summary)
+    totals = summary["totals"]
+    logger.info(
+        "%d completed, %d failed, %d skipped; summary in %s/summary.json",
+        totals["completed"],
+        totals["failed"],
+        totals["skipped"],
+        run_folder,
+    )
+    if totals["failed"]:
+        raise BatchFailed(
+            f"{totals['failed']} of {totals['jobs']} jobs failed; see {run_folder}/report.md"
+        )
+    return summary
+
+
+def _label(index: int, count: int, unit: list[jobs.Job]) -> str:
+    """A task run name that says which jobs it holds."""
+    size = units.output_size(unit[0])
+    where = f" at {size[0]}x{size[1]}" if size else ""
+    names = ", ".join(j.label for j in unit[:3]) + (f" +{len(unit) - 3}" if len(unit) > 3 else "")
+    return f"unit {index + 1}/{count}{where}: {names}"[:200]
+
+
+def _write_results(output: str, summary: dict, entries: list[dict]) -> str:
+    import json
+
+    folder = f"{output}/_runs/{summary['run']}"
+    storage.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2).encode())
+    storage.write_bytes(f"{folder}/report.md", report.markdown_report(summary).encode())
+    storage.write_bytes(f"{folder}/contact_sheet.jpg", report.contact_sheet(entries))
+    histories = []
+    for entry in entries:
+        record = jobs.read_record(entry["record"]) if entry["status"] != "failed" else None
+        if record:
+            histories.append((entry["label"], record.get("losses", {}).get("history", [])))
+    storage.write_bytes(f"{folder}/losses.png", report.loss_plot(histories))
+    return folder
+
+
+def _publish_artifacts(summary: dict) -> None:
+    rows = [
+        {
+            "job": e["label"],
+            "status": e["status"],
+            "seconds": round(e["seconds"], 1) if e["seconds"] is not None else None,
+            "style loss": (e["losses"] or {}).get("style"),
+            "content loss": (e["losses"] or {}).get("content"),
+            "output": e["output"] if e["status"] != "failed" else e["error"],
+        }
+        for e in summary["jobs"]
+    ]
+    create_table_artifact(rows, key="stylize-batch-jobs", description=summary["run"])
+    create_markdown_artifact(report.markdown_report(summary), key="stylize-batch-report")
