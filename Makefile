@@ -44,3 +44,11 @@ format: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+
+# A local Prefect server, work pool, deployments and worker; state under .prefect/.
+.PHONY: up down
+up: $(VENV)/.installed
+	$(BIN)/python -m flows.stack up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m flows.stack down; else echo "nothing was running"; fi

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -43,7 +43,7 @@ class BatchFailed(RuntimeError):
 def _run_name() -> str:
     manifest = str(flow_run.parameters.get("manifest", "batch"))
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", storage.stem(manifest)).strip("-") or "batch"
-    return f"{stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def device_limit_name(device: str) -> str:

@@ -14,7 +14,7 @@ import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -178,7 +178,7 @@ def failed_record(job: Job, error: str) -> dict:
         "output": job.output,
         "error": error,
         "engine_version": ENGINE_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": _inputs(job),
         "params": job.params.model_dump(mode="json"),
     }
@@ -203,7 +203,7 @@ def build_record(
         "key": key,
         "output": output,
         "engine_version": ENGINE_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": {"content": content, "styles": styles},
         "params": params.model_dump(mode="json"),
         "output_size": list(result.image.size),
