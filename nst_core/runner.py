@@ -67,59 +67,59 @@ def run_unit(
         if on_job:
             on_job(outcome)
 
-    loaded: list[tuple[Job, Pair, dict]] = []
+    loaded: list[tuple[Job, Pair, float]] = []  # job, its engine input, seconds to read it
     for job in unit:
         if not force and jobs.is_done(job):  # a retried unit skips what it already wrote
             finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
             continue
         started = time.perf_counter()
         try:
-            pair, inputs = _load(job, device)
+            pair = _load(job, device)
         except (ImageError, storage.StorageError) as exc:
             if _is_transient(exc):
                 raise
             finish(_fail(job, str(exc), time.perf_counter() - started))
             continue
-        inputs["read_s"] = time.perf_counter() - started
-        loaded.append((job, pair, inputs))
+        loaded.append((job, pair, time.perf_counter() - started))
     _run_batches(loaded, cache, finish)
     return [outcomes[job.key] for job in unit]
 
 
 def _run_batches(loaded, cache: GramCache, finish: Callable[[Outcome], None]) -> None:
-    """Stylise as one batch; on out-of-memory split in halves, down to single jobs."""
+    """Stylise as one batch; on out of memory, or a job the engine rejects (an image too
+    small for the network), split in halves down to single jobs, so only that job fails."""
     if not loaded:
         return
     started = time.perf_counter()
     try:
         results = stylize_batch([pair for _, pair, _ in loaded], cache=cache)
     except Exception as exc:
-        if is_out_of_memory(exc) and len(loaded) > 1:
+        if not isinstance(exc, NstError) and not is_out_of_memory(exc):
+            raise
+        if len(loaded) > 1:
             _release_memory()
             half = len(loaded) // 2
             _run_batches(loaded[:half], cache, finish)
             _run_batches(loaded[half:], cache, finish)
             return
-        if not isinstance(exc, NstError) and not is_out_of_memory(exc):
-            raise
         reason = "out of memory even alone; lower size" if is_out_of_memory(exc) else str(exc)
         for job, _, _ in loaded:
             finish(_fail(job, reason, time.perf_counter() - started))
         _release_memory()
         return
     seconds = (time.perf_counter() - started) / len(loaded)
-    for (job, _, inputs), result in zip(loaded, results, strict=True):
+    for (job, _, read_s), result in zip(loaded, results, strict=True):
         try:
-            record = _write(job, result, inputs, seconds)
+            record = _write(job, result, read_s, seconds)
         except storage.StorageError as exc:
             if _is_transient(exc):
                 raise
             finish(_fail(job, str(exc), seconds))
             continue
-        finish(Outcome(job, "completed", seconds=seconds + inputs["read_s"], record=record))
+        finish(Outcome(job, "completed", seconds=seconds + read_s, record=record))
 
 
-def _load(job: Job, device: str) -> tuple[Pair, dict]:
+def _load(job: Job, device: str) -> Pair:
     content_bytes = storage.read_bytes(job.content)
     style_bytes = [storage.read_bytes(uri) for uri, _ in job.styles]
     pair = Pair(
@@ -133,10 +133,10 @@ def _load(job: Job, device: str) -> tuple[Pair, dict]:
         style_names=[uri for uri, _ in job.styles],
         style_ids=list(job.style_shas),
     )
-    return pair, {}
+    return pair
 
 
-def _write(job: Job, result: Result, inputs: dict, seconds: float) -> dict:
+def _write(job: Job, result: Result, read_s: float, seconds: float) -> dict:
     started = time.perf_counter()
     storage.write_bytes(job.output, images.encode_image(result.image, job.output))
     record = jobs.build_record(
@@ -150,7 +150,7 @@ def _write(job: Job, result: Result, inputs: dict, seconds: float) -> dict:
         params=job.params,
         result=result,
         timings={
-            "read_s": inputs["read_s"],
+            "read_s": read_s,
             "optimize_s": seconds,
             "write_s": time.perf_counter() - started,
         },
