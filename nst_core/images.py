@@ -93,8 +93,8 @@ def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> (1, 3, H, W) float32 in [0, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float().contiguous() / 255.0
 
 
 def to_image(tensor: torch.Tensor) -> Image.Image:

@@ -25,7 +25,7 @@ class StyleParams(BaseModel):
 
     size: int = Field(512, ge=16, le=8192, description="Longest side of the output, pixels.")
     iterations: int = Field(
-        300, ge=1, le=100_000, description="Loss evaluations (forward+backward) per scale."
+        200, ge=1, le=100_000, description="Loss evaluations (forward+backward) per scale."
     )
     content_layers: tuple[str, ...] = Field(
         DEFAULT_CONTENT_LAYERS, min_length=1, description="VGG19 layers whose features are kept."
@@ -40,6 +40,9 @@ class StyleParams(BaseModel):
     style_weight: float = Field(50.0, ge=0, description="Weight of the style loss.")
     tv_weight: float = Field(0.0, ge=0, description="Weight of the total-variation loss.")
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    lbfgs_history: int = Field(
+        20, ge=1, le=200, description="L-BFGS curvature pairs kept per image."
+    )
     learning_rate: float = Field(
         0.02, gt=0, le=10, description="Adam step size, in units of the 0-1 image range."
     )
@@ -137,6 +140,7 @@ class StyleParams(BaseModel):
             self.content_layers,
             self.style_layers,
             self.optimizer,
+            self.lbfgs_history,
             self.learning_rate,
             self.scales,
             self.weights,

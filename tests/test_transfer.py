@@ -200,3 +200,17 @@ def test_bf16_runs_and_keeps_losses_fp32(content_image, style_image):
     result = stylize(Pair(content_image, [style_image], params(precision="bf16", iterations=10)))
     assert result.precision == "bf16"
     assert result.final["style"] > 0
+
+
+def test_gram_cache_keeps_the_most_recently_used_entries():
+    cache = GramCache(max_entries=2)
+    images_ = [stripes(seed=i) for i in range(3)]
+    computed = []
+
+    def get(index):
+        return cache.get(("k",), images_[index], lambda: computed.append(index) or {}, f"s{index}")
+
+    get(0), get(1), get(0), get(2)  # 1 is now the least recently used, and goes
+    get(0)
+    get(1)
+    assert computed == [0, 1, 2, 1]
