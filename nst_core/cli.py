@@ -31,6 +31,14 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def _default(field: str) -> str:
+    """A StyleParams default as the help text shows it, so help never drifts from the model."""
+    from nst_core.params import StyleParams
+
+    value = StyleParams.model_fields[field].default
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
 def _option_label(field: str) -> str:
     return f"--{field.replace('_', '-')}" if field else "options"
 
@@ -100,42 +108,62 @@ def stylize(
     content: Path = typer.Argument(..., help="Content image (photo)."),
     styles: list[Path] = typer.Argument(..., help="One or more style images (paintings)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output image: .png, .jpg or .webp."),
-    size: str | None = typer.Option(None, metavar="N", help="Longest output side [512]."),
-    iterations: str | None = typer.Option(
-        None, metavar="N", help="Loss evaluations per scale [300]."
+    size: str | None = typer.Option(
+        None, metavar="N", help=f"Longest output side [{_default('size')}]."
     ),
-    content_weight: str | None = typer.Option(None, metavar="W", help="Content weight [1]."),
-    style_weight: str | None = typer.Option(None, metavar="W", help="Style weight [50]."),
-    tv_weight: str | None = typer.Option(None, metavar="W", help="Total-variation weight [0]."),
+    iterations: str | None = typer.Option(
+        None, metavar="N", help=f"Loss evaluations per scale [{_default('iterations')}]."
+    ),
+    content_weight: str | None = typer.Option(
+        None, metavar="W", help=f"Content weight [{_default('content_weight')}]."
+    ),
+    style_weight: str | None = typer.Option(
+        None, metavar="W", help=f"Style weight [{_default('style_weight')}]."
+    ),
+    tv_weight: str | None = typer.Option(
+        None, metavar="W", help=f"Total-variation weight [{_default('tv_weight')}]."
+    ),
     style_weights: str | None = typer.Option(
         None, metavar="W1,W2", help="Blend weights, one per style image [equal]."
     ),
-    content_layers: str | None = typer.Option(None, metavar="L,..", help="[relu4_2]"),
+    content_layers: str | None = typer.Option(
+        None, metavar="L,..", help=f"[{_default('content_layers')}]"
+    ),
     style_layers: str | None = typer.Option(
-        None, metavar="L,..", help="[relu1_1,relu2_1,relu3_1,relu4_1,relu5_1]"
+        None, metavar="L,..", help=f"[{_default('style_layers')}]"
     ),
     style_layer_weights: str | None = typer.Option(
         None, metavar="W,..", help="One weight per style layer [equal]."
     ),
-    optimizer: str | None = typer.Option(None, metavar="lbfgs|adam", help="[lbfgs]"),
-    learning_rate: str | None = typer.Option(None, metavar="LR", help="Adam step size [0.02]."),
-    init: str | None = typer.Option(None, metavar="content|noise|style", help="[content]"),
-    seed: str | None = typer.Option(None, metavar="N", help="Random seed [0]."),
+    optimizer: str | None = typer.Option(
+        None, metavar="lbfgs|adam", help=f"[{_default('optimizer')}]"
+    ),
+    learning_rate: str | None = typer.Option(
+        None, metavar="LR", help=f"Adam step size [{_default('learning_rate')}]."
+    ),
+    init: str | None = typer.Option(
+        None, metavar="content|noise|style", help=f"[{_default('init')}]"
+    ),
+    seed: str | None = typer.Option(None, metavar="N", help=f"Random seed [{_default('seed')}]."),
     scales: str | None = typer.Option(
         None, metavar="S,..", help="Coarse-to-fine sizes run before --size, e.g. 256,512."
     ),
     style_scale: str | None = typer.Option(
-        None, metavar="F", help="Style image size relative to the output [1]."
+        None,
+        metavar="F",
+        help=f"Style image size relative to the output [{_default('style_scale')}].",
     ),
     preserve_color: bool = typer.Option(
         False, "--preserve-color", help="Keep the content's colours."
     ),
     weights: str | None = typer.Option(
-        None, metavar="caffe|torchvision|PATH", help="VGG19 weights [caffe]."
+        None, metavar="caffe|torchvision|PATH", help=f"VGG19 weights [{_default('weights')}]."
     ),
-    pooling: str | None = typer.Option(None, metavar="max|avg", help="[max]"),
+    pooling: str | None = typer.Option(None, metavar="max|avg", help=f"[{_default('pooling')}]"),
     device: str | None = typer.Option(None, metavar="D", help="auto, cpu, cuda, cuda:N, mps."),
-    precision: str | None = typer.Option(None, metavar="auto|fp32|bf16", help="[auto]"),
+    precision: str | None = typer.Option(
+        None, metavar="auto|fp32|bf16", help=f"[{_default('precision')}]"
+    ),
 ) -> None:
     """Stylise CONTENT with one or more STYLES and write OUT plus OUT's .json record."""
     from nst_core.params import parse_params
