@@ -7,6 +7,7 @@ host, so two flows on one machine never oversubscribe a device.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -202,8 +203,6 @@ def _label(index: int, count: int, unit: list[jobs.Job]) -> str:
 
 
 def _write_results(output: str, summary: dict, entries: list[dict]) -> str:
-    import json
-
     folder = f"{output}/_runs/{summary['run']}"
     storage.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2).encode())
     storage.write_bytes(f"{folder}/report.md", report.markdown_report(summary).encode())

@@ -37,3 +37,16 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
+    """photos/{a,b}.png and paintings/{s1,s2}.png under `root` (a folder or an s3:// prefix),
+    plus the manifest as `name`; returns the manifest's URI."""
+    from nst_core import storage
+
+    storage.write_bytes(f"{root}/photos/a.png", png_bytes(scene(64, 48, seed=1)))
+    storage.write_bytes(f"{root}/photos/b.png", png_bytes(scene(64, 48, seed=2)))
+    storage.write_bytes(f"{root}/paintings/s1.png", png_bytes(stripes(seed=1)))
+    storage.write_bytes(f"{root}/paintings/s2.png", png_bytes(stripes(seed=2)))
+    storage.write_bytes(f"{root}/{name}", manifest.encode())
+    return f"{root}/{name}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from imagegen import png_bytes, scene, stripes
+from imagegen import write_batch
 
 from flows.stack import LocalStack
 from nst_core import storage
@@ -75,15 +75,6 @@ def prefect(stack: LocalStack, *args: str, timeout: float = DEADLINE_S):
     )
 
 
-def upload_batch(prefix: str, manifest: str = MANIFEST, name: str = "batch.yaml") -> str:
-    storage.write_bytes(f"{prefix}/photos/a.png", png_bytes(scene(64, 48, seed=1)))
-    storage.write_bytes(f"{prefix}/photos/b.png", png_bytes(scene(64, 48, seed=2)))
-    storage.write_bytes(f"{prefix}/paintings/s1.png", png_bytes(stripes(seed=1)))
-    storage.write_bytes(f"{prefix}/paintings/s2.png", png_bytes(stripes(seed=2)))
-    storage.write_bytes(f"{prefix}/{name}", manifest.encode())
-    return f"{prefix}/{name}"
-
-
 def completed_records(prefix: str) -> list[dict]:
     found = [
         json.loads(storage.read_bytes(uri))
@@ -94,7 +85,7 @@ def completed_records(prefix: str) -> list[dict]:
 
 
 def test_adhoc_deployment_run_stylises_a_bucket_manifest(stack, s3_bucket):
-    uri = upload_batch(f"{s3_bucket}/team")
+    uri = write_batch(f"{s3_bucket}/team", MANIFEST)
     run = prefect(
         stack,
         "deployment",
@@ -124,7 +115,7 @@ def test_adhoc_deployment_run_stylises_a_bucket_manifest(stack, s3_bucket):
 
 def test_inbox_deployment_files_good_and_broken_manifests(stack, s3_bucket):
     inbox = f"{s3_bucket}/inbox"
-    upload_batch(inbox, name="good.yaml")
+    write_batch(inbox, MANIFEST, name="good.yaml")
     storage.write_bytes(f"{inbox}/broken.yaml", b"version: 1\noutput: out\ncolour: red\n")
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagegen import png_bytes, scene, stripes
+from imagegen import png_bytes, scene, write_batch
 from PIL import Image
 
 from flows.batch import BatchFailed, stylize_batch
@@ -28,12 +28,7 @@ styles: [paintings/*.png]
 
 def make_batch(root: str, manifest: str = MANIFEST) -> str:
     """2 contents x 2 styles under `root` (a folder or an s3:// prefix); the manifest URI."""
-    storage.write_bytes(f"{root}/photos/a.png", png_bytes(scene(64, 48, seed=1)))
-    storage.write_bytes(f"{root}/photos/b.png", png_bytes(scene(64, 48, seed=2)))
-    storage.write_bytes(f"{root}/paintings/s1.png", png_bytes(stripes(seed=1)))
-    storage.write_bytes(f"{root}/paintings/s2.png", png_bytes(stripes(seed=2)))
-    storage.write_bytes(f"{root}/batch.yaml", manifest.encode())
-    return f"{root}/batch.yaml"
+    return write_batch(root, manifest)
 
 
 def records(root: str) -> dict[str, dict]:
