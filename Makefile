@@ -52,3 +52,8 @@ up: $(VENV)/.installed
 
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m flows.stack down; else echo "nothing was running"; fi
+
+# CPU benchmark against the tutorial-style baseline; writes BENCHMARKS.md and bench/results/.
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.cpu

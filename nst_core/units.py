@@ -12,19 +12,23 @@ from collections import defaultdict
 
 from nst_core.images import fit_size
 from nst_core.jobs import Job
+from nst_core.params import StyleParams
 
-# Bytes per output pixel per pair, by precision: network activations and gradients.
-NETWORK_BYTES_PER_PIXEL = {"fp32": 6_000, "bf16": 4_000}
-LBFGS_HISTORY = 20  # optim.BatchedLBFGS default; s and y vectors of 3 floats per pixel
+# Bytes per output pixel per pair for the network's activations and gradients, by precision.
+# fp32: fitted to peaks measured on the CPU (bench/memory.py, BENCHMARKS.md: 128-1024 px,
+# batches 1-16). bf16: scaled by the share of activations autocast halves; not yet measured
+# on a GPU.
+NETWORK_BYTES_PER_PIXEL = {"fp32": 3_500, "bf16": 2_300}
 DEFAULT_CPU_BUDGET_GB = 4.0
 MAX_BATCH = 16
 
 
-def estimate_bytes(width: int, height: int, *, precision: str, optimizer: str, batch: int = 1):
-    """Peak memory of one batch at (width, height)."""
-    per_pixel = NETWORK_BYTES_PER_PIXEL[precision]
-    if optimizer == "lbfgs":
-        per_pixel += LBFGS_HISTORY * 2 * 3 * 4 + 6 * 3 * 4  # history + x, g, d, trial buffers
+def estimate_bytes(width: int, height: int, params: StyleParams, *, batch: int = 1) -> int:
+    """Peak memory of one batch at (width, height); `auto` precision counts as fp32."""
+    per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
+    if params.optimizer == "lbfgs":
+        # s and y history, 3 fp32 values per pixel each, plus x, g, d and trial buffers.
+        per_pixel += params.lbfgs_history * 2 * 3 * 4 + 6 * 3 * 4
     return width * height * per_pixel * batch
 
 
@@ -62,9 +66,7 @@ def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -
             groups[(size, job.params.batch_key())].append(job)
     units = []
     for (size, _), members in groups.items():
-        params = members[0].params
-        precision = "bf16" if params.precision == "bf16" else "fp32"
-        per_pair = estimate_bytes(*size, precision=precision, optimizer=params.optimizer)
+        per_pair = estimate_bytes(*size, members[0].params)
         fit = max(1, min(max_batch, budget_bytes // per_pair))
         units.extend(members[i : i + fit] for i in range(0, len(members), fit))
     return units + alone

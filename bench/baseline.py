@@ -1,0 +1,56 @@
+"""A tutorial-style baseline, written the way the PyTorch neural-style tutorial does it.
+
+One pair at a time, fp32, NCHW, `torch.optim.LBFGS` with its defaults (no line search,
+20 iterations per step), the image clamped inside the closure, content at relu4_2, style at
+relu1_1..relu5_1, and a fixed number of loss evaluations. It uses the engine's weights source
+and loss definitions, so the two optimise the same objective. It lives in bench/ only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from nst_core.losses import content_loss, gram, style_loss
+from nst_core.params import StyleParams
+from nst_core.vgg import load_vgg
+
+
+def run_baseline(
+    content: torch.Tensor, style: torch.Tensor, params: StyleParams, evaluations: int = 300
+):
+    """Returns (image, trace) where trace is [(seconds, evaluation, loss)] for every call."""
+    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
+    vgg = load_vgg(layers, params.weights, params.pooling, str(content.device))
+    with torch.no_grad():
+        content_targets = {n: vgg(content)[n] for n in params.content_layers}
+        style_feats = vgg(style)
+        style_targets = {n: gram(style_feats[n]) for n in params.style_layers}
+    weights = params.layer_weights()
+    image = content.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([image])
+    trace: list[tuple[float, int, float]] = []
+    started = time.perf_counter()
+    calls = [0]
+    while calls[0] < evaluations:
+        # The tutorial loops until its counter passes the budget; capping the last step
+        # makes the evaluation count exact.
+        optimizer.param_groups[0]["max_eval"] = min(25, evaluations - calls[0])
+
+        def closure():
+            with torch.no_grad():
+                image.clamp_(0, 1)
+            optimizer.zero_grad()
+            feats = vgg(image)
+            loss = params.content_weight * content_loss(feats, content_targets).sum()
+            loss = loss + params.style_weight * style_loss(feats, style_targets, weights).sum()
+            loss.backward()
+            calls[0] += 1
+            trace.append((time.perf_counter() - started, calls[0], loss.item()))
+            return loss
+
+        optimizer.step(closure)
+    with torch.no_grad():
+        image.clamp_(0, 1)
+    return image.detach(), trace

@@ -1,0 +1,27 @@
+"""The benchmark's own arithmetic and baseline (speed itself is measured in bench/, not here)."""
+
+from imagegen import scene, stripes
+
+from bench.baseline import run_baseline
+from bench.common import Evaluator, loss_at, tensors, time_to_loss
+from nst_core.params import StyleParams
+
+
+def test_time_to_loss_uses_the_best_loss_so_far():
+    trace = [(1.0, 10.0), (2.0, 6.0), (3.0, 7.0), (4.0, 4.0)]
+    assert time_to_loss(trace, 6.0) == 2.0
+    assert time_to_loss(trace, 5.0) == 4.0
+    assert time_to_loss(trace, 1.0) is None
+    assert loss_at(trace, 3.5) == 6.0
+    assert loss_at(trace, 0.5) == float("inf")
+
+
+def test_baseline_spends_exactly_its_evaluations_and_lowers_the_evaluated_loss():
+    params = StyleParams(size=48, device="cpu")
+    content, style = scene(), stripes()
+    content_t, style_t = tensors(content, style, 48)
+    image, trace = run_baseline(content_t, style_t, params, evaluations=30)
+    assert [evaluation for _, evaluation, _ in trace] == list(range(1, 31))
+    evaluate = Evaluator(content, style, params)
+    assert evaluate(image) < 0.5 * evaluate(content_t)
+    assert image.min() >= 0 and image.max() <= 1
