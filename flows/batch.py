@@ -8,6 +8,7 @@ host, so two flows on one machine never oversubscribe a device.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -35,6 +36,8 @@ from nst_core.transfer import GramCache
 # Style Grams are reused across the units of a process (keyed by the style bytes' hash).
 _GRAM_CACHE = GramCache()
 SLOT_TIMEOUT_S = 6 * 3600  # a unit waits this long at most for its device
+# Held slots are renewed while a unit runs; a crashed holder's slot frees this long after.
+LEASE_S = 60
 
 
 class BatchFailed(RuntimeError):
@@ -89,7 +92,12 @@ def stylize_unit(unit: list[jobs.Job], device: str, label: str, force: bool) -> 
         elif outcome.status == "failed":
             logger.error("failed %s: %s", outcome.job.label, outcome.error)
 
-    with concurrency(device_limit_name(device), occupy=1, timeout_seconds=SLOT_TIMEOUT_S):
+    with concurrency(
+        device_limit_name(device),
+        occupy=1,
+        timeout_seconds=SLOT_TIMEOUT_S,
+        lease_duration=LEASE_S,
+    ):
         outcomes = runner.run_unit(unit, device, cache=_GRAM_CACHE, on_job=log, force=force)
     return [
         report.job_entry(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)
@@ -98,9 +106,20 @@ def stylize_unit(unit: list[jobs.Job], device: str, label: str, force: bool) -> 
 
 
 def _ensure_device_limits(devices: list[str]) -> None:
+    """Create each device's one-slot limit. Under `nst run` with the embedded server, also
+    free its slot: that server runs no lease repossessor, so a slot held by a killed run
+    would otherwise stay taken for good (a real server frees it when its lease expires)."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    reset = os.environ.get("NST_EMBEDDED_SERVER") == "1"
     with get_client(sync_client=True) as client:
         for device in devices:
-            client.upsert_global_concurrency_limit_by_name(device_limit_name(device), 1)
+            name = device_limit_name(device)
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+            if reset:
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
 
 
 @flow(
@@ -124,7 +143,9 @@ def stylize_batch(
     started = time.perf_counter()
     plan = load_plan(manifest, overrides=params)
     all_jobs = jobs.build_jobs(plan)
-    done = {j.key for j in all_jobs if not force and jobs.is_done(j)}
+    # Each record is read once: it decides done-ness and, for skipped jobs, the summary line.
+    records = {} if force else {j.key: jobs.read_record(j.record) for j in all_jobs}
+    done = {j.key for j in all_jobs if jobs.completed(j, records.get(j.key))}
     pending = [j for j in all_jobs if j.key not in done]
     device_list = devices_for(pending[0].params.device if pending else "cpu")
     budget = units.memory_budget_bytes(device_list[0])
@@ -148,7 +169,7 @@ def stylize_batch(
         }
 
     entries = {
-        j.key: report.job_entry(j, "skipped", record=jobs.read_record(j.record))
+        j.key: report.job_entry(j, "skipped", record=records[j.key])
         for j in all_jobs
         if j.key in done
     }

@@ -349,6 +349,8 @@ def run(
     # and must not try to send telemetry from machines without internet.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ["NST_EMBEDDED_SERVER"] = "1"  # see flows.batch._ensure_device_limits
     from flows.batch import stylize_batch
 
     state = stylize_batch(

@@ -155,9 +155,13 @@ def read_record(uri: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def is_done(job: Job) -> bool:
-    record = read_record(job.record)
+def completed(job: Job, record: dict | None) -> bool:
+    """Whether `record` (read from job.record) says this very job completed."""
     return bool(record) and record.get("status") == "completed" and record.get("key") == job.key
+
+
+def is_done(job: Job) -> bool:
+    return completed(job, read_record(job.record))
 
 
 def _inputs(job: Job) -> dict:

@@ -134,25 +134,30 @@ def test_batched_units_match_one_by_one(tmp_path, prefect_server, monkeypatch):
     assert pairs == 4
 
 
-def test_killed_run_resumes_and_completes_every_job_once(tmp_path, prefect_server):
+def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
+    """`nst run` on its embedded server, SIGKILLed mid-batch (while it may hold the device's
+    concurrency slot), then run again: every job completes exactly once."""
     uri = make_batch(str(tmp_path), MANIFEST.replace("iterations: 6", "iterations: 40"))
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": prefect_server,
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "NST_MEMORY_BUDGET_GB": "0.000001",  # one job per unit: records appear one by one
     }
     nst = [sys.executable, "-m", "nst_core.cli", "run", uri]
-    first = subprocess.Popen(nst, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        nst, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while not records(str(tmp_path)) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)  # the run and its embedded server
     first.wait(timeout=30)
     done_before = set(records(str(tmp_path)))
     assert 1 <= len(done_before) < 4, "the kill should land mid-batch"
     for record in records(str(tmp_path)).values():  # nothing half-written
         assert Path(record["output"]).exists()
-    second = subprocess.run(nst, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(nst, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
     found = records(str(tmp_path))
     assert len(found) == 4 and all(r["status"] == "completed" for r in found.values())
