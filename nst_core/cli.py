@@ -230,9 +230,10 @@ def _stylize_files(content: Path, styles: list[Path], blend, params, out: Path) 
 
     storage.atomic_write(out, images.encode_image(result.image, out.name))
     weights = blend or [1.0] * len(styles)
+    content_sha = jobs.sha256(content_bytes)
     style_shas = [jobs.sha256(data) for data in style_bytes]
     key = jobs.job_key(
-        jobs.sha256(content_bytes),
+        content_sha,
         list(zip(style_shas, weights, strict=True)),
         params,
         out.suffix.lstrip(".").lower(),
@@ -240,11 +241,12 @@ def _stylize_files(content: Path, styles: list[Path], blend, params, out: Path) 
     record = jobs.build_record(
         key=key,
         output=str(out),
-        content={"uri": str(content), "sha256": jobs.sha256(content_bytes)},
-        styles=[
-            {"uri": str(p), "sha256": sha, "weight": w}
-            for p, sha, w in zip(styles, style_shas, weights, strict=True)
-        ],
+        inputs=jobs.record_inputs(
+            str(content),
+            content_sha,
+            [(str(p), w) for p, w in zip(styles, weights, strict=True)],
+            style_shas,
+        ),
         params=params,
         result=result,
         timings={

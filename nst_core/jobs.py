@@ -164,14 +164,19 @@ def is_done(job: Job) -> bool:
     return completed(job, read_record(job.record))
 
 
-def _inputs(job: Job) -> dict:
+def record_inputs(content: str, content_sha: str, styles, style_shas) -> dict:
+    """A record's `inputs`: the content and each (style URI, weight) with its bytes' sha256."""
     return {
-        "content": {"uri": job.content, "sha256": job.content_sha},
+        "content": {"uri": content, "sha256": content_sha},
         "styles": [
             {"uri": uri, "sha256": sha, "weight": weight}
-            for (uri, weight), sha in zip(job.styles, job.style_shas, strict=True)
+            for (uri, weight), sha in zip(styles, style_shas, strict=True)
         ],
     }
+
+
+def job_inputs(job: Job) -> dict:
+    return record_inputs(job.content, job.content_sha, job.styles, job.style_shas)
 
 
 def failed_record(job: Job, error: str) -> dict:
@@ -183,7 +188,7 @@ def failed_record(job: Job, error: str) -> dict:
         "error": error,
         "engine_version": ENGINE_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": _inputs(job),
+        "inputs": job_inputs(job),
         "params": job.params.model_dump(mode="json"),
     }
 
@@ -191,24 +196,21 @@ def failed_record(job: Job, error: str) -> dict:
 def build_record(
     *,
     output: str,
-    content: dict,
-    styles: list[dict],
+    inputs: dict,
     params: StyleParams,
     result: Result,
     timings: dict[str, float],
     key: str | None = None,
 ) -> dict:
-    """The record of one completed output (fields documented in README.md).
-
-    `content` and each of `styles` are {"uri", "sha256"} (styles also "weight").
-    """
+    """The record of one completed output (fields documented in README.md); `inputs` comes
+    from record_inputs()."""
     return {
         "status": "completed",
         "key": key,
         "output": output,
         "engine_version": ENGINE_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": {"content": content, "styles": styles},
+        "inputs": inputs,
         "params": params.model_dump(mode="json"),
         "output_size": list(result.image.size),
         "device": result.device,

@@ -142,11 +142,7 @@ def _write(job: Job, result: Result, read_s: float, seconds: float) -> dict:
     record = jobs.build_record(
         key=job.key,
         output=job.output,
-        content={"uri": job.content, "sha256": job.content_sha},
-        styles=[
-            {"uri": uri, "sha256": sha, "weight": weight}
-            for (uri, weight), sha in zip(job.styles, job.style_shas, strict=True)
-        ],
+        inputs=jobs.job_inputs(job),
         params=job.params,
         result=result,
         timings={
