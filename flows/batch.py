@@ -1,12 +1,15 @@
 """The stylize-batch flow: a manifest in; every pair stylised; outputs, records and a report out.
 
 Orchestration only: nst_core plans, runs and reports; this module decides what runs where
-and when. GPU (or CPU) concurrency is a Prefect global concurrency limit per device per
-host, so two flows on one machine never oversubscribe a device.
+and when. Units run on threads here (GPU or CPU concurrency is then a Prefect global
+concurrency limit per device per host, so two flows on one machine never oversubscribe a
+device) or on a Ray cluster (flows/runners.py); `shards` splits a batch over several
+workers as child runs of a deployment (flows/shards.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,11 +28,13 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows import shards as sharding
+from flows.runners import placement, task_runner_name
 from nst_core import jobs, report, runner, storage, units
 from nst_core.devices import devices_for
+from nst_core.errors import NstError
 from nst_core.manifest import load_plan
 from nst_core.transfer import GramCache
 
@@ -38,6 +43,9 @@ _GRAM_CACHE = GramCache()
 SLOT_TIMEOUT_S = 6 * 3600  # a unit waits this long at most for its device
 # Held slots are renewed while a unit runs; a crashed holder's slot frees this long after.
 LEASE_S = 60
+# The flow stops waiting for its units after this long (NST_BATCH_TIMEOUT_S); so does a
+# sharded parent for its children (the shard_timeout_s parameter).
+BATCH_TIMEOUT_S = 24 * 3600
 
 
 class BatchFailed(RuntimeError):
@@ -45,6 +53,8 @@ class BatchFailed(RuntimeError):
 
 
 def _run_name() -> str:
+    if flow_run.parameters.get("shard_name"):
+        return str(flow_run.parameters["shard_name"])
     manifest = str(flow_run.parameters.get("manifest", "batch"))
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", storage.stem(manifest)).strip("-") or "batch"
     return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
@@ -74,8 +84,11 @@ def _unit_name() -> str:
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_condition_fn=_transient_only,
 )
-def stylize_unit(unit: list[jobs.Job], device: str, label: str, force: bool) -> list[dict]:
-    """Stylise one work unit on one device, holding that device's concurrency slot."""
+def stylize_unit(
+    unit: list[jobs.Job], device: str, label: str, force: bool, hold_slot: bool = True
+) -> list[dict]:
+    """Stylise one work unit on one device, holding that device's concurrency slot (unless
+    Ray already gave this unit its device)."""
     logger = get_run_logger()
 
     def log(outcome: runner.Outcome) -> None:
@@ -92,12 +105,17 @@ def stylize_unit(unit: list[jobs.Job], device: str, label: str, force: bool) -> 
         elif outcome.status == "failed":
             logger.error("failed %s: %s", outcome.job.label, outcome.error)
 
-    with concurrency(
-        device_limit_name(device),
-        occupy=1,
-        timeout_seconds=SLOT_TIMEOUT_S,
-        lease_duration=LEASE_S,
-    ):
+    slot = (
+        concurrency(
+            device_limit_name(device),
+            occupy=1,
+            timeout_seconds=SLOT_TIMEOUT_S,
+            lease_duration=LEASE_S,
+        )
+        if hold_slot
+        else contextlib.nullcontext()
+    )
+    with slot:
         outcomes = runner.run_unit(unit, device, cache=_GRAM_CACHE, on_job=log, force=force)
     return [
         report.job_entry(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)
@@ -122,42 +140,58 @@ def _ensure_device_limits(devices: list[str]) -> None:
                 )
 
 
-@flow(
-    name="stylize-batch",
-    flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=8),
-    log_prints=False,
-)
+@flow(name="stylize-batch", flow_run_name=_run_name, log_prints=False)
 def stylize_batch(
     manifest: str,
     params: dict | None = None,
     force: bool = False,
     dry_run: bool = False,
+    task_runner: str | None = None,
+    shards: int = 1,
+    shard_timeout_s: float = BATCH_TIMEOUT_S,
+    shard_deployment: str = sharding.ADHOC,
+    only_jobs: list[str] | None = None,
+    shard_name: str | None = None,
+    done_after: str | None = None,
 ) -> dict:
     """Stylise every job of MANIFEST (a path or s3:// URI) that is not done yet.
 
     `params` overrides the manifest's defaults; `force` recomputes done jobs; `dry_run`
-    plans and reports without stylising or writing anything.
+    plans and reports without stylising or writing anything. `task_runner` is `thread`
+    (default, or NST_TASK_RUNNER) or `ray`. `shards` > 1 splits the pending jobs into that
+    many child runs of `shard_deployment`, waits up to `shard_timeout_s` for them and writes
+    one summary. `only_jobs`, `shard_name` and `done_after` are set by such a parent for its
+    children: the child's job keys, its run name, and (for `force`) the time before which
+    a completed record does not count as done.
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    runner_name = task_runner_name(task_runner)
+    if shards < 1:
+        raise NstError(f"shards: must be 1 or more, got {shards}")
     plan = load_plan(manifest, overrides=params)
-    all_jobs = jobs.build_jobs(plan)
+    all_jobs = _select(jobs.build_jobs(plan), only_jobs, plan.uri)
     # Each record is read once: it decides done-ness and, for skipped jobs, the summary line.
-    records = {} if force else {j.key: jobs.read_record(j.record) for j in all_jobs}
-    done = {j.key for j in all_jobs if jobs.completed(j, records.get(j.key))}
+    # A sharded parent reads them even with `force`: it tells new records from old by them.
+    read = not force or shards > 1
+    records = {j.key: jobs.read_record(j.record) for j in all_jobs} if read else {}
+    is_done = sharding.completed_since(done_after)
+    done = {j.key for j in all_jobs if not force and is_done(j, records.get(j.key))}
     pending = [j for j in all_jobs if j.key not in done]
-    device_list = devices_for(pending[0].params.device if pending else "cpu")
+    job_device = pending[0].params.device if pending else "cpu"
+    device_list = devices_for(job_device)
     budget = units.memory_budget_bytes(device_list[0])
     work = units.plan_units(pending, budget)
+    shard_lists = sharding.split(work, shards) if shards > 1 else []
     logger.info(
-        "%s: %d jobs, %d done already, %d to run in %d units on %s",
+        "%s: %d jobs, %d done already, %d to run in %d units %s",
         plan.uri,
         len(all_jobs),
         len(done),
         len(pending),
         len(work),
-        ", ".join(device_list),
+        f"over {len(shard_lists)} shards" if shard_lists else f"on {runner_name} runner",
     )
     if dry_run:
         return {
@@ -166,6 +200,7 @@ def stylize_batch(
             "done": len(done),
             "pending": [j.output for j in pending],
             "units": [len(u) for u in work],
+            "shards": [len(s) for s in shard_lists],
         }
 
     entries = {
@@ -173,46 +208,100 @@ def stylize_batch(
         for j in all_jobs
         if j.key in done
     }
-    progress_id = create_progress_artifact(0.0, description=f"{plan.name}: jobs finished")
-    if work:
-        _ensure_device_limits(device_list)
-    futures = []
-    for index, unit in enumerate(work):
-        device = device_list[index % len(device_list)]
-        label = _label(index, len(work), unit)
-        futures.append(stylize_unit.submit(unit, device, label, force))
-    finished = 0
-    unit_of = {id(f): u for f, u in zip(futures, work, strict=True)}
-    for future in as_completed(futures):
-        try:
-            results = future.result()
-        except Exception as exc:  # the unit failed after its retries: its jobs failed
-            unit = unit_of[id(future)]
-            results = [report.job_entry(j, "failed", error=f"unit failed: {exc}") for j in unit]
-            logger.error("unit of %d jobs failed: %s", len(unit), exc)
-        for entry in results:
+    if shard_lists:
+        unfinished = sharding.run_shards(
+            shard_lists,
+            deployment=shard_deployment,
+            parameters={
+                "manifest": manifest,
+                "params": params,
+                "task_runner": task_runner,
+                "done_after": started_at if force else None,
+            },
+            parent_id=str(flow_run.id),
+            parent_name=flow_run.name,
+            timeout_s=shard_timeout_s,
+        )
+        for entry in sharding.entries_after(pending, records, unfinished):
             entries[entry["key"]] = entry
-        finished += len(results)
-        update_progress_artifact(progress_id, 100.0 * finished / max(1, len(pending)))
+    elif work:
+        with placement(runner_name, device_list, job_device) as place:
+            entries |= _run_units(work, place, force, f"{plan.name}: jobs finished")
 
     ordered = [entries[j.key] for j in all_jobs]
     summary = report.summarize(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
-    run_folder = _write_results(plan.output, summary, ordered)
-    summary["run_folder"] = run_folder
-    _publish_artifacts(summary)
     totals = summary["totals"]
+    if shard_name:  # one summary per batch: the parent writes it
+        where = f"the parent's summary ({shard_name.rsplit('-shard-', 1)[0]})"
+    else:
+        summary["run_folder"] = _write_results(plan.output, summary, ordered)
+        _publish_artifacts(summary)
+        where = f"{summary['run_folder']}/summary.json"
     logger.info(
-        "%d completed, %d failed, %d skipped; summary in %s/summary.json",
+        "%d completed, %d failed, %d skipped; summary in %s",
         totals["completed"],
         totals["failed"],
         totals["skipped"],
-        run_folder,
+        where,
     )
     if totals["failed"]:
-        raise BatchFailed(
-            f"{totals['failed']} of {totals['jobs']} jobs failed; see {run_folder}/report.md"
-        )
+        raise BatchFailed(f"{totals['failed']} of {totals['jobs']} jobs failed; see {where}")
     return summary
+
+
+def _select(all_jobs: list[jobs.Job], only: list[str] | None, uri: str) -> list[jobs.Job]:
+    """A shard's own jobs; all of them must still be in the manifest."""
+    if only is None:
+        return all_jobs
+    wanted = set(only)
+    missing = wanted - {j.key for j in all_jobs}
+    if missing:
+        raise NstError(
+            f"{uri}: {len(missing)} of this shard's {len(wanted)} jobs are no longer in the "
+            "manifest (it or its inputs changed after the batch was split); rerun the batch"
+        )
+    return [j for j in all_jobs if j.key in wanted]
+
+
+def _run_units(work: list[list[jobs.Job]], place, force: bool, description: str) -> dict:
+    """Submit every unit where `place` says and collect their summary entries by job key."""
+    logger = get_run_logger()
+    if place.hold_slot:
+        _ensure_device_limits(sorted(set(place.devices)))
+    progress_id = create_progress_artifact(0.0, description=description)
+    futures = []
+    for index, unit in enumerate(work):
+        parameters = {
+            "unit": unit,
+            "device": place.device(index),
+            "label": _label(index, len(work), unit),
+            "force": force,
+            "hold_slot": place.hold_slot,
+        }
+        futures.append(place.submit(stylize_unit, parameters))
+    unit_of = {id(f): u for f, u in zip(futures, work, strict=True)}
+    entries: dict[str, dict] = {}
+    total = sum(len(u) for u in work)
+    timeout = float(os.environ.get("NST_BATCH_TIMEOUT_S", BATCH_TIMEOUT_S))
+    try:
+        for future in as_completed(futures, timeout=timeout):
+            try:
+                results = future.result()
+            except Exception as exc:  # the unit failed after its retries: its jobs failed
+                unit = unit_of[id(future)]
+                results = [report.job_entry(j, "failed", error=f"unit failed: {exc}") for j in unit]
+                logger.error("unit of %d jobs failed: %s", len(unit), exc)
+            for entry in results:
+                entries[entry["key"]] = entry
+            update_progress_artifact(progress_id, 100.0 * len(entries) / total)
+    except TimeoutError:
+        logger.error("units still running after %.0f s: their jobs are reported failed", timeout)
+        for unit in work:
+            for job in unit:
+                if job.key not in entries:
+                    error = f"not finished within {timeout:.0f} s (NST_BATCH_TIMEOUT_S)"
+                    entries[job.key] = report.job_entry(job, "failed", error=error)
+    return entries
 
 
 def _label(index: int, count: int, unit: list[jobs.Job]) -> str:

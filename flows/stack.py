@@ -34,6 +34,9 @@ class LocalStack:
     home: Path
     port: int = 4200
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every process
+    workers: int = 1
+    # Flow runs one worker runs at once (None: no limit). One per GPU host is --limit 1.
+    worker_limit: int | None = None
 
     @property
     def url(self) -> str:
@@ -120,8 +123,14 @@ class LocalStack:
     def deploy(self) -> None:
         self._run([*_prefect(), "--no-prompt", "deploy", "--all"], timeout=300)
 
-    def start_worker(self) -> int:
-        return self._spawn("worker", [*_prefect(), "worker", "start", "--pool", POOL])
+    def worker_names(self) -> list[str]:
+        return ["worker"] + [f"worker-{n}" for n in range(2, self.workers + 1)]
+
+    def start_worker(self, name: str = "worker") -> int:
+        args = [*_prefect(), "worker", "start", "--pool", POOL, "--name", f"{POOL}-{name}"]
+        if self.worker_limit is not None:
+            args += ["--limit", str(self.worker_limit)]
+        return self._spawn(name, args)
 
     def up(self) -> dict[str, int]:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -131,16 +140,17 @@ class LocalStack:
         self._save(pids)
         self.create_pool()
         self.deploy()
-        if "worker" not in pids:
-            pids["worker"] = self.start_worker()
+        for name in self.worker_names():
+            if name not in pids:
+                pids[name] = self.start_worker(name)
         self._save(pids)
         return pids
 
     def down(self, timeout: float = 20) -> list[str]:
-        """Stop the worker, then the server; returns what was stopped."""
+        """Stop the workers, then the server; returns what was stopped."""
         pids = self.running()
         stopped = []
-        for name in ("worker", "server"):
+        for name in [*sorted(n for n in pids if n.startswith("worker")), "server"]:
             if name in pids:
                 _stop(pids[name], timeout)
                 stopped.append(name)

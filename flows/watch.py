@@ -18,12 +18,12 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from flows.shards import ADHOC
 from nst_core import inbox as drop_box
 from nst_core import jobs, storage
 from nst_core.errors import NstError
 from nst_core.manifest import ManifestError, load_plan
 
-ADHOC = "stylize-batch/adhoc"
 # A claim that never got its flow run (its watcher died) is released after this long.
 STALE_CLAIM = timedelta(minutes=10)
 

@@ -338,15 +338,37 @@ def run(
     param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
     force: bool = typer.Option(False, "--force", help="Recompute jobs that are done."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; write nothing."),
+    task_runner: str = typer.Option(
+        None,
+        "--task-runner",
+        help="Where units run: thread (default, or NST_TASK_RUNNER) or ray (NST_RAY_ADDRESS).",
+    ),
+    shards: int = typer.Option(
+        1,
+        "--shards",
+        min=1,
+        help="Split the pending jobs into N child runs of the adhoc deployment (needs a "
+        "Prefect server with workers: PREFECT_API_URL).",
+    ),
+    shard_timeout: float = typer.Option(
+        24 * 3600, "--shard-timeout", min=1, help="Seconds to wait for the shards."
+    ),
 ) -> None:
     """Run the batch flow in this process (Prefect's embedded server unless PREFECT_API_URL).
 
     Exit 0 when every job completed, 1 when any failed, 2 when the manifest is invalid.
     """
+    from flows.runners import task_runner_name
     from nst_core.manifest import load_plan
 
     overrides = _parse_overrides(param)
     load_plan(manifest, overrides=overrides, overrides_label="--param")  # exit 2 before Prefect
+    task_runner_name(task_runner)  # exit 2 on an unknown runner, before Prefect starts
+    if shards > 1 and not os.environ.get("PREFECT_API_URL"):
+        raise NstError(
+            "--shards needs a Prefect server whose workers run the adhoc deployment: "
+            "set PREFECT_API_URL (see `make up`)"
+        )
     # The embedded server needs longer than Prefect's default 20 s on a busy 2-core laptop,
     # and must not try to send telemetry from machines without internet.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -360,6 +382,9 @@ def run(
         params=overrides or None,
         force=force,
         dry_run=dry_run,
+        task_runner=task_runner,
+        shards=shards,
+        shard_timeout_s=shard_timeout,
         return_state=True,
     )
     if not state.is_completed():
@@ -370,6 +395,7 @@ def run(
         typer.echo(
             f"dry run: {summary['jobs']} jobs, {summary['done']} done, "
             f"{len(summary['pending'])} would run in {len(summary['units'])} units"
+            + (f" over {len(summary['shards'])} shards" if summary["shards"] else "")
         )
         for output in summary["pending"]:
             typer.echo(f"pending  {output}")
@@ -392,7 +418,15 @@ def demo() -> None:
         raise NstError(f"{manifest}: the demo needs a source checkout (manifests/demo.yaml)")
     # demo.yaml reads its inputs from ../outputs/demo-inputs, beside the manifests folder.
     write_demo_inputs(manifest.parent.parent / "outputs" / "demo-inputs")
-    run(str(manifest), param=[], force=False, dry_run=False)
+    run(
+        str(manifest),
+        param=[],
+        force=False,
+        dry_run=False,
+        task_runner=None,
+        shards=1,
+        shard_timeout=24 * 3600,
+    )
 
 
 def main() -> None:

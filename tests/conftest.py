@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -10,6 +11,15 @@ from PIL import Image
 from s3_server import start_s3_server, weed_binary
 
 from nst_core import storage
+
+# Ray reads these when it is first imported, which may be a test module's import, before
+# flows.runners could set them: keep any Ray the tests start on loopback and out of ~/.ray.
+for _key, _value in {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture

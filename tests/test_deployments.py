@@ -1,7 +1,8 @@
 """End to end: a real Prefect server and process worker, real S3, the repo's prefect.yaml.
 
-One module-scoped stack (flows/stack.py, what `make up` runs) on free loopback ports with a
-temporary PREFECT_HOME; the server's scheduler is off so that the nightly and inbox
+One module-scoped stack (flows/stack.py, what `make up` runs, here with two workers that
+run one flow run each, as on two GPU hosts) on free loopback ports with a temporary
+PREFECT_HOME; the server's scheduler is off so that the nightly and inbox
 schedules create no runs of their own while the test drives them. Everything it starts, it
 stops.
 """
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from imagegen import write_batch
@@ -54,6 +56,8 @@ def stack(tmp_path_factory, s3_server):
             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
         },
+        workers=2,
+        worker_limit=1,
     )
     try:
         stack.up()
@@ -160,3 +164,72 @@ def test_nightly_deployment_carries_the_cron_and_timezone_of_prefect_yaml(stack)
     assert schedule["timezone"] == nightly["schedules"][0]["timezone"]
     assert "manifest" in deployment["parameters"]
     assert deployment["work_pool_name"] == "nst-gpu"
+
+
+def api(stack: LocalStack, path: str, body: dict) -> list[dict]:
+    answer = httpx.post(f"{stack.api_url}/{path}", json=body, timeout=30)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def completions(stack: LocalStack, run_ids: list[str]) -> list[str]:
+    """The "completed JOB" log lines of these flow runs: one per job stylised."""
+    logs = api(stack, "logs/filter", {"logs": {"flow_run_id": {"any_": run_ids}}, "limit": 200})
+    return [log["message"] for log in logs if log["message"].startswith("completed ")]
+
+
+def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_bucket):
+    uri = write_batch(f"{s3_bucket}/sharded", MANIFEST)
+    nst = [sys.executable, "-m", "nst_core.cli", "run", uri, "--shards", "2"]
+    parent = subprocess.run(
+        [*nst, "--shard-timeout", str(DEADLINE_S)],
+        env=stack.environment(),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S + 60,
+    )
+    assert parent.returncode == 0, parent.stdout[-3000:] + parent.stderr[-3000:]
+    assert "4 completed, 0 failed, 0 skipped" in parent.stdout
+
+    # One summary over all jobs; the shards write none of their own.
+    summaries = [u for u in storage.list_prefix(f"{s3_bucket}/sharded") if "summary" in u]
+    assert len(summaries) == 1
+    summary = json.loads(storage.read_bytes(summaries[0]))
+    assert summary["totals"]["completed"] == 4 and summary["totals"]["jobs"] == 4
+    records = completed_records(f"{s3_bucket}/sharded/out")
+    assert len(records) == 4
+
+    children = api(
+        stack,
+        "flow_runs/filter",
+        {"flow_runs": {"name": {"like_": f"{summary['run']}-shard-"}}, "sort": "NAME_ASC"},
+    )
+    assert [c["name"][-10:] for c in children] == ["shard-1-of-2"[-10:], "shard-2-of-2"[-10:]]
+    assert all(c["state_type"] == "COMPLETED" for c in children)
+    assert all(c["deployment_id"] for c in children)
+    shard_jobs = [set(c["parameters"]["only_jobs"]) for c in children]
+    assert not shard_jobs[0] & shard_jobs[1]  # disjoint
+    assert shard_jobs[0] | shard_jobs[1] == {r["key"] for r in records}
+    # Two workers of one run each took one shard each: the shards ran at the same time.
+    first, second = children
+    assert first["start_time"] < second["end_time"] and second["start_time"] < first["end_time"]
+    done = completions(stack, [c["id"] for c in children])
+    assert sorted(done) == sorted(set(done)) and len(done) == 4, done
+
+    # A shard run again (as a retry would) finds its jobs done and stylises nothing.
+    retry = prefect(
+        stack,
+        "deployment",
+        "run",
+        "stylize-batch/adhoc",
+        "--params",
+        json.dumps(first["parameters"]),
+        "--watch",
+        "--watch-interval",
+        "1",
+    )
+    assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
+    runs = api(stack, "flow_runs/filter", {"flow_runs": {"name": {"any_": [first["name"]]}}})
+    assert len(runs) == 2
+    assert len(completions(stack, [r["id"] for r in runs])) == len(shard_jobs[0])
+    assert completed_records(f"{s3_bucket}/sharded/out") == records  # nothing rewritten

@@ -217,3 +217,26 @@ def test_nst_run_exit_codes_and_paths(tmp_path, prefect_server, capsys):
     (tmp_path / "batch.yaml").write_text("version: 1\noutput: out\nbogus: 1\n")
     code, _, err = run_cli(["run", uri], capsys)
     assert code == 2 and "bogus: Extra inputs are not permitted" in err
+
+
+def test_nst_run_rejects_an_unknown_runner_and_shards_without_a_server(
+    tmp_path, capsys, monkeypatch
+):
+    from cli_runner import run_cli
+
+    uri = make_batch(str(tmp_path))
+    code, _, err = run_cli(["run", uri, "--task-runner", "dask"], capsys)
+    assert code == 2
+    assert err.strip() == (
+        "error: task_runner: 'dask' is not one of thread, ray; set the flow parameter "
+        "task_runner or NST_TASK_RUNNER"
+    )
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, _, err = run_cli(["run", uri, "--shards", "2"], capsys)
+    assert code == 2 and "--shards needs a Prefect server" in err
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_sharded_dry_run_shows_the_split(tmp_path, prefect_server):
+    summary = stylize_batch(make_batch(str(tmp_path)), dry_run=True, shards=3)
+    assert sorted(summary["shards"]) == [1, 1, 2] and summary["units"] == [4]

@@ -1,0 +1,165 @@
+"""Sharding: one batch split into N child flow runs of a deployment, on N workers.
+
+The parent splits the pending jobs into disjoint lists (whole work units, balanced by
+pixels), starts one child run per list, waits for them with a timeout, and then reads each
+job's record to learn what happened: the records, not the children's return values, are
+the truth, so a child that crashed still reports every job it finished.
+
+A job never runs twice: the lists are disjoint; a child skips jobs already completed (a
+retried child resumes); with `force`, a child recomputes only records older than the
+parent's start, so a retry still skips what its first attempt finished; and the child runs
+carry idempotency keys, so a retried parent finds its children instead of starting more.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.deployments import run_deployment
+from prefect.states import Cancelling
+
+from nst_core import jobs, report, units
+
+ADHOC = "stylize-batch/adhoc"
+POLL_S = 2.0
+
+
+def split(work: list[list[jobs.Job]], shards: int) -> list[list[jobs.Job]]:
+    """The units' jobs cut into at most `shards` disjoint lists of about equal pixel work.
+
+    Jobs stay in unit order, so each list is mostly whole units and its child batches them
+    the same way; a unit is cut only where the lists meet (N GPUs beat one big unit).
+    """
+    ordered = [job for unit in work for job in unit]
+    total = sum(_pixels(job) for job in ordered)
+    lists: list[list[jobs.Job]] = [[] for _ in range(min(shards, len(ordered)))]
+    done = 0
+    for job in ordered:
+        # The list whose share of the total this job's midpoint falls in.
+        index = min(len(lists) - 1, int((done + _pixels(job) / 2) * len(lists) / total))
+        lists[index].append(job)
+        done += _pixels(job)
+    return [shard for shard in lists if shard]
+
+
+def _pixels(job: jobs.Job) -> int:
+    size = units.output_size(job)
+    return size[0] * size[1] if size else 1
+
+
+def run_shards(
+    lists: list[list[jobs.Job]],
+    *,
+    deployment: str,
+    parameters: dict,
+    parent_id: str,
+    parent_name: str,
+    timeout_s: float,
+) -> dict[str, str]:
+    """Start one child run per job list and wait for all; returns {job key: why it did not
+    finish} for the jobs of children that did not complete (empty when all did)."""
+    logger = get_run_logger()
+    children = []
+    for index, shard in enumerate(lists):
+        run = run_deployment(
+            deployment,
+            parameters=parameters
+            | {
+                "only_jobs": [j.key for j in shard],
+                "shard_name": f"{parent_name}-shard-{index + 1}-of-{len(lists)}",
+            },
+            timeout=0,
+            # A retried parent gets these same runs back instead of starting new ones.
+            idempotency_key=f"{parent_id}:shard-{index + 1}-of-{len(lists)}",
+        )
+        children.append((run.id, shard))
+        logger.info(
+            "shard %d/%d: %d jobs in flow run %s", index + 1, len(lists), len(shard), run.name
+        )
+    states = _wait([run_id for run_id, _ in children], timeout_s=timeout_s, logger=logger)
+    unfinished = {}
+    for (_, shard), state in zip(children, states, strict=True):
+        if state != "COMPLETED":
+            for job in shard:
+                unfinished[job.key] = f"its shard ended {state.lower()}"
+    return unfinished
+
+
+def _wait(run_ids, *, timeout_s: float, logger) -> list[str]:
+    """Each child's final state type, polling until all are final or `timeout_s` passes;
+    children still running then are cancelled and reported as timed out."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = {
+                r.id: r
+                for r in client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids))
+                )
+            }
+            if all(runs[i].state and runs[i].state.is_final() for i in run_ids):
+                return [runs[i].state.type.value for i in run_ids]
+            if time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        states = []
+        for run_id in run_ids:
+            state = runs[run_id].state
+            if state and state.is_final():
+                states.append(state.type.value)
+                continue
+            logger.error("shard flow run %s did not finish in %.0f s: cancelled", run_id, timeout_s)
+            client.set_flow_run_state(run_id, Cancelling(message="its parent batch timed out"))
+            states.append("TIMED_OUT")
+        return states
+
+
+def entries_after(
+    pending: list[jobs.Job], before: dict[str, dict | None], unfinished: dict[str, str]
+) -> list[dict]:
+    """Summary entries for the sharded jobs, read back from their records: completed when a
+    new completed record is there, failed with its error when a new failed record is, else
+    failed because its shard did not finish it."""
+    entries = []
+    for job in pending:
+        record = jobs.read_record(job.record)
+        fresh = record is not None and record != before.get(job.key)
+        if fresh and jobs.completed(job, record):
+            seconds = _seconds(record)
+            entries.append(report.job_entry(job, "completed", record=record, seconds=seconds))
+        elif fresh and record.get("status") == "failed" and record.get("key") == job.key:
+            entries.append(report.job_entry(job, "failed", error=record.get("error")))
+        else:
+            why = unfinished.get(job.key, "its shard completed without it")
+            entries.append(report.job_entry(job, "failed", error=f"not run: {why}"))
+    return entries
+
+
+def _seconds(record: dict) -> float | None:
+    """Read plus optimise time, as the thread path reports it."""
+    timings = record.get("timings") or {}
+    if "optimize_s" not in timings:
+        return None
+    return float(timings["optimize_s"]) + float(timings.get("read_s", 0.0))
+
+
+def completed_since(cutoff: str | None):
+    """The done-test a child uses: with `cutoff` (the parent's start, for `force`), a record
+    counts as done only when it was written after it."""
+    if cutoff is None:
+        return jobs.completed
+    start = datetime.fromisoformat(cutoff)
+
+    def done(job: jobs.Job, record: dict | None) -> bool:
+        if not jobs.completed(job, record):
+            return False
+        try:
+            return datetime.fromisoformat(record["created_at"]) >= start
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    return done

@@ -1,0 +1,82 @@
+"""How a batch is cut into shards, and how a shard decides what is done (no server needed)."""
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from flows import shards
+from nst_core import jobs, units
+from nst_core.params import StyleParams
+
+
+def job(index: int, size: int = 64) -> jobs.Job:
+    return jobs.Job(
+        content=f"in/c{index}.png",
+        content_sha=f"{index:064x}",
+        styles=(("in/s.png", 1.0),),
+        style_shas=("0" * 64,),
+        params=StyleParams(size=size),
+        key=f"{index:064x}",
+        output=f"out/c{index}.png",
+        record=f"out/c{index}.json",
+        content_size=(size, size),
+    )
+
+
+@pytest.mark.parametrize("count,wanted", [(1, 2), (4, 2), (7, 3), (10, 4)])
+def test_shards_are_disjoint_complete_and_balanced(count, wanted):
+    pending = [job(i) for i in range(count)]
+    work = units.plan_units(pending, budget_bytes=10**12)
+    lists = shards.split(work, wanted)
+    assert len(lists) == min(count, wanted)
+    keys = [j.key for shard in lists for j in shard]
+    assert sorted(keys) == sorted(j.key for j in pending)  # every job, once
+    sizes = [len(shard) for shard in lists]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shards_balance_pixels_not_job_counts():
+    big, small = [job(i, size=128) for i in range(2)], [job(10 + i, size=32) for i in range(8)]
+    work = units.plan_units(big + small, budget_bytes=10**12)
+    lists = shards.split(work, 2)
+    pixels = [sum(shards._pixels(j) for j in shard) for shard in lists]
+    # One 128 px job outweighs all eight 32 px ones (16384 vs 8 x 1024 px).
+    assert max(pixels) <= 2 * min(pixels), pixels
+
+
+def test_a_retried_forced_shard_skips_what_its_first_attempt_finished():
+    started = datetime.now(UTC)
+    one = job(1)
+    before = {"status": "completed", "key": one.key, "created_at": (started - timedelta(hours=1))}
+    after = {"status": "completed", "key": one.key, "created_at": started + timedelta(seconds=5)}
+    for record in (before, after):
+        record["created_at"] = record["created_at"].isoformat(timespec="seconds")
+    done = shards.completed_since(started.isoformat(timespec="seconds"))
+    assert not done(one, before)  # older than the forced batch: recompute
+    assert done(one, after)  # written by this batch's first attempt: skip
+    assert not done(one, None) and not done(one, after | {"key": "other"})
+    assert shards.completed_since(None) is jobs.completed
+
+
+def test_entries_come_from_the_records_a_shard_left(tmp_path):
+    at = [replace(job(i), record=str(tmp_path / f"{i}.json")) for i in range(4)]
+    done, failed, missing, stale = at
+    old = jobs.failed_record(stale, "an earlier run's error")
+    (tmp_path / stale.record).write_text(json.dumps(old))
+    (tmp_path / done.record).write_text(
+        json.dumps({"status": "completed", "key": done.key, "timings": {"optimize_s": 2.0}})
+    )
+    (tmp_path / failed.record).write_text(json.dumps(jobs.failed_record(failed, "bad pixels")))
+    entries = shards.entries_after(
+        [done, failed, missing, stale],
+        before={stale.key: old},
+        unfinished={missing.key: "its shard ended crashed"},
+    )
+    by_key = {e["key"]: e for e in entries}
+    assert by_key[done.key]["status"] == "completed" and by_key[done.key]["seconds"] == 2.0
+    assert by_key[failed.key]["status"] == "failed" and by_key[failed.key]["error"] == "bad pixels"
+    assert by_key[missing.key]["error"] == "not run: its shard ended crashed"
+    # An old failed record is not this run's outcome.
+    assert by_key[stale.key]["error"] == "not run: its shard completed without it"
