@@ -233,3 +233,64 @@ def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_buc
     assert len(runs) == 2
     assert len(completions(stack, [r["id"] for r in runs])) == len(shard_jobs[0])
     assert completed_records(f"{s3_bucket}/sharded/out") == records  # nothing rewritten
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started by `pid`, at any depth (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_a_rerun_finishes(stack, s3_bucket):
+    """SIGKILL the worker and its flow run after the first job: no record without its image;
+    the device slot it held frees when its lease ends; a rerun completes the rest once."""
+    import os
+    import signal
+
+    uri = write_batch(f"{s3_bucket}/killed", MANIFEST)
+    run = [
+        "deployment",
+        "run",
+        "stylize-batch/adhoc",
+        "-p",
+        f"manifest={uri}",
+        "-p",
+        'params={"iterations": 80}',
+        "--job-variable",
+        'env={"NST_MEMORY_BUDGET_GB": "0.000001"}',  # one job per unit: records one by one
+    ]
+    assert prefect(stack, *run).returncode == 0
+    deadline = time.monotonic() + DEADLINE_S
+    while not completed_records(f"{s3_bucket}/killed/out") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    busy = {name: pid for name, pid in stack.running().items() if name.startswith("worker")}
+    busy = {name: pid for name, pid in busy.items() if descendants(pid)}
+    assert len(busy) == 1, "one worker should be running the batch"
+    ((name, pid),) = busy.items()
+    for victim in [pid, *descendants(pid)]:
+        os.kill(victim, signal.SIGKILL)
+    before = {r["key"]: r for r in completed_records(f"{s3_bucket}/killed/out")}
+    assert 1 <= len(before) < 4, "the kill should land mid-batch"
+    for record in before.values():  # every record's image is whole
+        assert storage.read_bytes(record["output"]).startswith(b"\x89PNG")
+    stack._save(stack.running() | {name: stack.start_worker(name)})
+
+    rerun = prefect(stack, *run, "--watch", "--watch-interval", "1", timeout=DEADLINE_S + 120)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = {r["key"]: r for r in completed_records(f"{s3_bucket}/killed/out")}
+    assert len(after) == 4
+    assert all(after[key] == record for key, record in before.items())  # not recomputed
+    summaries = [u for u in storage.list_prefix(f"{s3_bucket}/killed") if "summary" in u]
+    totals = json.loads(storage.read_bytes(summaries[-1]))["totals"]
+    assert totals["skipped"] == len(before) and totals["completed"] == 4 - len(before)

@@ -240,3 +240,28 @@ def test_nst_run_rejects_an_unknown_runner_and_shards_without_a_server(
 def test_sharded_dry_run_shows_the_split(tmp_path, prefect_server):
     summary = stylize_batch(make_batch(str(tmp_path)), dry_run=True, shards=3)
     assert sorted(summary["shards"]) == [1, 1, 2] and summary["units"] == [4]
+
+
+def test_out_of_memory_splits_units_and_the_batch_still_finishes(
+    tmp_path, prefect_server, monkeypatch
+):
+    """A budget that fits two jobs per unit, and a device that in fact holds only one: every
+    unit runs out of memory once, is split, and every job completes at batch size 1."""
+    from nst_core import runner, units
+    from nst_core.params import StyleParams
+
+    two_jobs = 2 * units.estimate_bytes(40, 30, StyleParams(size=40))
+    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str((two_jobs + 1) / 1024**3))
+    real, batch_sizes = runner.stylize_batch, []
+
+    def one_pair_fits(pairs, **kwargs):
+        batch_sizes.append(len(pairs))
+        if len(pairs) > 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory (injected)")
+        return real(pairs, **kwargs)
+
+    monkeypatch.setattr(runner, "stylize_batch", one_pair_fits)
+    summary = stylize_batch(make_batch(str(tmp_path)))
+    assert summary["totals"]["completed"] == 4 and summary["totals"]["failed"] == 0
+    assert sorted(batch_sizes) == [1, 1, 1, 1, 2, 2]  # two units of 2, each split once
+    assert all(r["batch_size"] == 1 for r in records(str(tmp_path)).values())
