@@ -317,11 +317,7 @@ def _write_results(output: str, summary: dict, entries: list[dict]) -> str:
     storage.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2).encode())
     storage.write_bytes(f"{folder}/report.md", report.markdown_report(summary).encode())
     storage.write_bytes(f"{folder}/contact_sheet.jpg", report.contact_sheet(entries))
-    histories = []
-    for entry in entries:
-        record = jobs.read_record(entry["record"]) if entry["status"] != "failed" else None
-        if record:
-            histories.append((entry["label"], record.get("losses", {}).get("history", [])))
+    histories = [(e["label"], e["history"]) for e in entries if e["status"] != "failed"]
     storage.write_bytes(f"{folder}/losses.png", report.loss_plot(histories))
     return folder
 

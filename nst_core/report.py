@@ -38,8 +38,9 @@ def job_entry(
     error: str | None = None,
     seconds: float | None = None,
 ) -> dict:
-    """One job's line in summary.json."""
-    final = (record or {}).get("losses", {}).get("final")
+    """One job's line in summary.json, and its loss history for the run's plot (summarize()
+    leaves the history out: the record has it)."""
+    losses = (record or {}).get("losses", {})
     return {
         "key": job.key,
         "label": job.label,
@@ -48,9 +49,10 @@ def job_entry(
         "status": status,
         "output": job.output,
         "record": job.record,
-        "losses": final,
+        "losses": losses.get("final"),
         "seconds": seconds,
         "error": error,
+        "history": losses.get("history") or [],
     }
 
 
@@ -60,7 +62,7 @@ def summarize(run_name: str, manifest: str, entries: list[dict], wall_seconds: f
     return {
         "run": run_name,
         "manifest": manifest,
-        "jobs": entries,
+        "jobs": [{k: v for k, v in e.items() if k != "history"} for e in entries],
         "totals": {
             "jobs": len(entries),
             **counts,
