@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import time
+from collections import deque
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
@@ -57,7 +58,8 @@ def _run_name() -> str:
         return str(flow_run.parameters["shard_name"])
     manifest = str(flow_run.parameters.get("manifest", "batch"))
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", storage.stem(manifest)).strip("-") or "batch"
-    return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    # The run's own id ends the name: two runs started in one second get two run folders.
+    return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{str(flow_run.id)[:4]}"
 
 
 def device_limit_name(device: str) -> str:
@@ -264,36 +266,55 @@ def _select(all_jobs: list[jobs.Job], only: list[str] | None, uri: str) -> list[
 
 
 def _run_units(work: list[list[jobs.Job]], place, force: bool, description: str) -> dict:
-    """Submit every unit where `place` says and collect their summary entries by job key."""
+    """Run every unit where `place` says and collect their summary entries by job key.
+
+    With device slots, each device gets its next unit the moment its last one returns (one
+    unit in flight per device): units queued all at once would instead poll for the slot
+    and leave the device idle ~0.5 s between units. Ray queues its own, so all go at once.
+    """
     logger = get_run_logger()
     if place.hold_slot:
         _ensure_device_limits(sorted(set(place.devices)))
     progress_id = create_progress_artifact(0.0, description=description)
-    futures = []
-    for index, unit in enumerate(work):
+    queue = deque(enumerate(work))
+    in_flight: dict = {}  # future -> (unit, device)
+
+    def start(device: str) -> None:
+        index, unit = queue.popleft()
         parameters = {
             "unit": unit,
-            "device": place.device(index),
+            "device": device,
             "label": _label(index, len(work), unit),
             "force": force,
             "hold_slot": place.hold_slot,
         }
-        futures.append(place.submit(stylize_unit, parameters))
-    unit_of = {id(f): u for f, u in zip(futures, work, strict=True)}
+        in_flight[place.submit(stylize_unit, parameters)] = (unit, device)
+
+    lanes = sorted(set(place.devices)) if place.hold_slot else None
+    for index in range(len(lanes) if lanes else len(work)):
+        if queue:
+            start(lanes[index] if lanes else place.device(index))
     entries: dict[str, dict] = {}
     total = sum(len(u) for u in work)
     timeout = float(os.environ.get("NST_BATCH_TIMEOUT_S", BATCH_TIMEOUT_S))
+    deadline = time.monotonic() + timeout
     try:
-        for future in as_completed(futures, timeout=timeout):
-            try:
-                results = future.result()
-            except Exception as exc:  # the unit failed after its retries: its jobs failed
-                unit = unit_of[id(future)]
-                results = [report.job_entry(j, "failed", error=f"unit failed: {exc}") for j in unit]
-                logger.error("unit of %d jobs failed: %s", len(unit), exc)
-            for entry in results:
-                entries[entry["key"]] = entry
-            update_progress_artifact(progress_id, 100.0 * len(entries) / total)
+        while in_flight:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            for future in as_completed(list(in_flight), timeout=remaining):
+                unit, device = in_flight.pop(future)
+                try:
+                    results = future.result()
+                except Exception as exc:  # the unit failed after its retries: its jobs failed
+                    error = f"unit failed: {exc}"
+                    results = [report.job_entry(j, "failed", error=error) for j in unit]
+                    logger.error("unit of %d jobs failed: %s", len(unit), exc)
+                for entry in results:
+                    entries[entry["key"]] = entry
+                update_progress_artifact(progress_id, 100.0 * len(entries) / total)
+                if queue:
+                    start(device)
+                    break  # wait again, now on the new unit too
     except TimeoutError:
         logger.error("units still running after %.0f s: their jobs are reported failed", timeout)
         for unit in work:

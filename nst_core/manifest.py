@@ -2,13 +2,18 @@
 
 Every problem is reported at once, each as `FILE: key.path[index]: what was expected, what was
 found`. Parsing is defensive because manifests arrive from buckets: a size limit before
-parsing, a safe loader that rejects duplicate keys, and a budget on the parsed structure so
-YAML alias bombs and deep nesting fail fast instead of exhausting memory.
+reading, a safe loader that rejects duplicate keys, and a budget on values and depth checked
+on the parser's events before anything is built (an alias counts as all it expands to), so
+that YAML alias bombs, deep nesting and megabytes of tiny values fail fast instead of
+exhausting memory or time. URIs are checked before they are touched: no control characters,
+no `.` or `..` segments in S3 keys, and a manifest stored in S3 may not name local paths.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -33,6 +38,9 @@ DEFAULT_MAX_JOBS = 10_000
 # A legitimate manifest of 10,000 jobs is far below these; alias bombs blow straight past.
 MAX_YAML_VALUES = 200_000
 MAX_YAML_DEPTH = 32
+MAX_URI_CHARS = 4096  # Linux's PATH_MAX; S3 keys stop at 1,024 bytes
+MAX_PROBLEMS = 100  # listed; beyond that a count, so a hostile file cannot flood a log
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 OUTPUT_FORMATS = ("jpg", "png", "webp")
 
@@ -41,7 +49,11 @@ class ManifestError(NstError):
     """The manifest is invalid; `problems` holds one `FILE: key: reason` line per problem."""
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+        problems = list(problems)
+        if len(problems) > MAX_PROBLEMS:
+            more = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], f"... and {more:,} more problems"]
+        self.problems = problems
         super().__init__("\n".join(self.problems))
 
 
@@ -152,7 +164,12 @@ def json_schema() -> dict:
 
 
 # -- parsing ------------------------------------------------------------------------------
-class _StrictLoader(yaml.SafeLoader):
+# libyaml when PyYAML was built with it: composing in C is several times faster, and libyaml
+# refuses nesting deeper than 1,000 levels before Python would hit its recursion limit.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseLoader):
     """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
 
     def construct_mapping(self, node, deep=False):
@@ -169,23 +186,71 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _check_budget(data: Any) -> str | None:
-    """Walk the parsed data with a budget; aliases make shared subtrees count every time."""
+def _check_budget(text: str) -> str | None:
+    """One pass over the parser's events, building nothing, with a budget on values and depth.
+
+    An alias counts as the whole subtree it names, so alias bombs are measured as they would
+    expand; a megabyte of one-character values is refused in a fraction of a second instead
+    of after seconds of building Python objects.
+    """
+    loader = _StrictLoader(text)
+    anchored: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) of its subtree
+    open_: list[list] = []  # per open collection: [anchor, values so far, tallest child]
     count = 0
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if count > MAX_YAML_VALUES:
-            return f"expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?)"
-        if depth > MAX_YAML_DEPTH:
-            return f"nested deeper than {MAX_YAML_DEPTH} levels"
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-            stack.extend((k, depth + 1) for k in value)
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+    too_deep = f"nested deeper than {MAX_YAML_DEPTH} levels"
+
+    def complete(values: int, height: int) -> str | None:
+        """A whole node (of `values` values, `height` levels) inside the open collection."""
+        if len(open_) + height > MAX_YAML_DEPTH:
+            return too_deep
+        if open_:
+            open_[-1][1] += values
+            open_[-1][2] = max(open_[-1][2], height)
+        return None
+
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            values, problem = 0, None
+            if isinstance(event, yaml.AliasEvent):
+                if any(entry[0] == event.anchor for entry in open_):
+                    return f"{too_deep} (a recursive alias)"
+                values, height = anchored.get(event.anchor, (1, 1))  # undefined: composer says
+                problem = complete(values, height)
+            elif isinstance(event, yaml.ScalarEvent):
+                values = 1
+                if event.anchor:
+                    anchored[event.anchor] = (1, 1)
+                problem = complete(1, 1)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                values = 1
+                open_.append([event.anchor, 1, 0])
+                problem = too_deep if len(open_) > MAX_YAML_DEPTH else None
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, subtree, tallest = open_.pop()
+                if anchor:
+                    anchored[anchor] = (subtree, tallest + 1)
+                problem = complete(subtree, tallest + 1)
+            count += values
+            if count > MAX_YAML_VALUES:
+                return f"expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?)"
+            if problem:
+                return problem
+    finally:
+        loader.dispose()
     return None
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """Python objects from `text`, built only once its events fit the budget."""
+    problem = _check_budget(text)
+    if problem:
+        raise ManifestError([f"{source}: {problem}"])
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_manifest(data: bytes, source: str) -> Manifest:
@@ -199,18 +264,18 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
     except UnicodeDecodeError as exc:
         raise ManifestError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = _load_yaml(text, source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ManifestError([f"{source}: {where}{exc.problem or exc}"]) from None
+        problem = exc.problem or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml's own limit, far above ours
+            problem = f"nested deeper than {MAX_YAML_DEPTH} levels"
+        raise ManifestError([f"{source}: {where}{problem}"]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([f"{source}: invalid YAML ({exc})"]) from None
     except RecursionError:
         raise ManifestError([f"{source}: nested too deeply"]) from None
-    problem = _check_budget(raw)
-    if problem:
-        raise ManifestError([f"{source}: {problem}"])
     if not isinstance(raw, dict):
         found = "an empty file" if raw is None else type(raw).__name__
         raise ManifestError(
@@ -272,6 +337,8 @@ def load_plan(
     """Read, validate and expand the manifest at `uri` (local path or s3://)."""
     storage.check_uri(uri)
     try:
+        if not storage.is_s3(uri) and _special_file(uri):  # /dev/zero never ends, a FIFO blocks
+            raise ManifestError([f"{uri}: not a regular file"])
         if storage.size(uri) > MAX_MANIFEST_BYTES:
             raise ManifestError(
                 [f"{uri}: manifest is larger than the limit of {MAX_MANIFEST_BYTES:,} bytes"]
@@ -332,7 +399,12 @@ def expand(
     def resolve(entry: str, where: str) -> list[str]:
         try:
             storage.check_uri(entry)
-            full = storage.join(base, entry)
+            problem = _uri_problem(entry, uri)
+            full = storage.join(base, entry) if problem is None else ""
+            problem = problem or _key_problem(full)
+            if problem:
+                problems.append(f"{uri}: {where}: {problem}")
+                return []
             if storage.has_glob(full):
                 matches = [m for m in storage.glob(full) if not _inside(m, output)]
                 if not matches:
@@ -409,10 +481,58 @@ def _resolve_output(output: str, name: str, base: str, uri: str, problems: list[
         problems.append(f"{uri}: output: must be a folder or prefix, not a glob, got {output!r}")
     try:
         storage.check_uri(template)
+        problem = _uri_problem(template, uri)
+        full = storage.join(base, template).rstrip("/") if problem is None else template
     except storage.StorageError as exc:
         problems.append(f"{uri}: output: {exc.cause}")
         return template
-    return storage.join(base, template).rstrip("/")
+    problem = problem or _key_problem(full)
+    if problem:
+        problems.append(f"{uri}: output: {problem}")
+    return full
+
+
+def _uri_problem(entry: str, manifest: str) -> str | None:
+    """Why `entry`, as the manifest writes it, may not be used; checked before it is touched.
+
+    A manifest stored in S3 (dropped into a bucket inbox, say) reaches only S3: a local
+    path in it would read or write the worker's own disk.
+    """
+    if len(entry) > MAX_URI_CHARS:
+        return f"is {len(entry):,} characters long; the limit is {MAX_URI_CHARS:,}"
+    control = _CONTROL.search(entry)
+    if control:
+        return f"contains the control character {control.group()!r}"
+    if storage.is_s3(manifest) and not storage.is_s3(entry) and os.path.isabs(entry):
+        return (
+            "a manifest in S3 may name only s3:// URIs and paths relative to it, "
+            f"not the local path {_short(entry)}"
+        )
+    return None
+
+
+def _key_problem(uri: str) -> str | None:
+    """S3 keys are names, not paths: AWS keeps `..` literally, SeaweedFS refuses such a key
+    (InvalidRequest, so a batch would fail only when it writes) and tools that treat keys as
+    paths resolve it out of the prefix. Refused here, before anything runs."""
+    if storage.is_s3(uri):
+        key = uri[len(storage.S3_PREFIX) :].partition("/")[2]
+        if any(segment in (".", "..") for segment in key.split("/")):
+            return f"S3 keys must not contain '.' or '..' segments, got {_short(uri)}"
+    return None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _special_file(path: str) -> bool:
+    """A device, FIFO or socket: something that exists but is neither a file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False  # missing or unreadable: storage names the cause
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _inside(candidate: str, folder: str) -> bool:

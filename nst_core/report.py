@@ -15,6 +15,8 @@ from nst_core import images, storage
 from nst_core.jobs import Job
 
 THUMB = 160
+# A sheet shows at most this many contents (rows) and styles (columns).
+SHEET_ROWS, SHEET_COLUMNS = 40, 12
 LABEL_H = 16
 PALETTE = [
     (31, 119, 180),
@@ -107,13 +109,23 @@ def _num(value) -> str:
 
 
 def contact_sheet(entries: list[dict]) -> bytes:
-    """A labelled grid: styles across the top, contents down the side, outputs where they meet."""
-    rows = list(dict.fromkeys(e["content"] for e in entries))
-    columns = list(dict.fromkeys(_style_label(e) for e in entries))
+    """A labelled grid: styles across the top, contents down the side, outputs where they meet.
+
+    Big batches show their first SHEET_ROWS contents and SHEET_COLUMNS styles, with a footer
+    saying so: the sheet is for eyes (and JPEG stops at 65,500 px); summary.json lists all.
+    """
+    all_rows = list(dict.fromkeys(e["content"] for e in entries))
+    all_columns = list(dict.fromkeys(_style_label(e) for e in entries))
+    rows, columns = all_rows[:SHEET_ROWS], all_columns[:SHEET_COLUMNS]
+    column_of = {label: c for c, label in enumerate(columns, start=1)}
+    row_of = {content: r for r, content in enumerate(rows, start=1)}
     column_styles = {_style_label(e): e["styles"] for e in entries}
     font = ImageFont.load_default()
     cell_h = THUMB + LABEL_H
-    sheet = Image.new("RGB", (THUMB * (len(columns) + 1), cell_h * (len(rows) + 1)), "white")
+    cut = len(rows) < len(all_rows) or len(columns) < len(all_columns)
+    footer = LABEL_H * 2 if cut else 0
+    size = (THUMB * (len(columns) + 1), cell_h * (len(rows) + 1) + footer)
+    sheet = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(sheet)
 
     def cell(column: int, row: int, label: str | None, image: Image.Image | None) -> None:
@@ -122,19 +134,27 @@ def contact_sheet(entries: list[dict]) -> bytes:
             draw.text((x + 4, y + 2), _clip(label), fill="black", font=font)
         _paste(sheet, image, x, y + LABEL_H)
 
-    for c, label in enumerate(columns, start=1):
+    for label, c in column_of.items():
         styles = column_styles[label]
         cell(c, 0, label, _thumbnail(styles[0]["uri"]) if len(styles) == 1 else None)
-    for r, content in enumerate(rows, start=1):
+    for content, r in row_of.items():
         cell(0, r, storage.name(content), _thumbnail(content))
-        for entry in (e for e in entries if e["content"] == content):
-            c = columns.index(_style_label(entry)) + 1
-            if entry["status"] == "failed":
-                x, y = c * THUMB, r * cell_h + LABEL_H
-                draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline="red", width=3)
-                draw.text((x + 10, y + THUMB // 2), "failed", fill="red", font=font)
-            else:
-                cell(c, r, None, _thumbnail(entry["output"]))
+    for entry in entries:
+        r, c = row_of.get(entry["content"]), column_of.get(_style_label(entry))
+        if r is None or c is None:
+            continue
+        if entry["status"] == "failed":
+            x, y = c * THUMB, r * cell_h + LABEL_H
+            draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline="red", width=3)
+            draw.text((x + 10, y + THUMB // 2), "failed", fill="red", font=font)
+        else:
+            cell(c, r, None, _thumbnail(entry["output"]))
+    if cut:
+        note = (
+            f"showing {len(rows)} of {len(all_rows)} contents and {len(columns)} of "
+            f"{len(all_columns)} styles; summary.json lists every output"
+        )
+        draw.text((4, size[1] - footer + 8), note, fill="black", font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()

@@ -265,3 +265,21 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
     assert summary["totals"]["completed"] == 4 and summary["totals"]["failed"] == 0
     assert sorted(batch_sizes) == [1, 1, 1, 1, 2, 2]  # two units of 2, each split once
     assert all(r["batch_size"] == 1 for r in records(str(tmp_path)).values())
+
+
+def test_units_still_running_at_the_batch_timeout_are_reported_failed(
+    tmp_path, prefect_server, monkeypatch
+):
+    from nst_core import runner
+
+    def stuck(pairs, **kwargs):
+        time.sleep(4)
+        raise RuntimeError("should have been given up on")
+
+    monkeypatch.setattr(runner, "stylize_batch", stuck)
+    monkeypatch.setenv("NST_BATCH_TIMEOUT_S", "1")
+    state = stylize_batch(make_batch(str(tmp_path)), return_state=True)
+    assert state.is_failed()
+    (summary_uri,) = storage.glob(f"{tmp_path}/out/_runs/*/summary.json")
+    entries = json.loads(storage.read_bytes(summary_uri))["jobs"]
+    assert [e["error"] for e in entries] == ["not finished within 1 s (NST_BATCH_TIMEOUT_S)"] * 4
