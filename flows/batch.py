@@ -233,12 +233,17 @@ def stylize_batch(
     ordered = [entries[j.key] for j in all_jobs]
     summary = report.summarize(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
     totals = summary["totals"]
+    unwritten = None
     if shard_name:  # one summary per batch: the parent writes it
         where = f"the parent's summary ({shard_name.rsplit('-shard-', 1)[0]})"
     else:
-        summary["run_folder"] = _write_results(plan.output, summary, ordered)
-        _publish_artifacts(summary)
-        where = f"{summary['run_folder']}/summary.json"
+        _publish_artifacts(summary)  # first: they need no storage, which may be what broke
+        try:
+            summary["run_folder"] = _write_results(plan.output, summary, ordered)
+            where = f"{summary['run_folder']}/summary.json"
+        except storage.StorageError as exc:
+            unwritten = exc
+            where = f"the flow run's artifacts (the summary could not be written: {exc})"
     logger.info(
         "%d completed, %d failed, %d skipped; summary in %s",
         totals["completed"],
@@ -248,6 +253,8 @@ def stylize_batch(
     )
     if totals["failed"]:
         raise BatchFailed(f"{totals['failed']} of {totals['jobs']} jobs failed; see {where}")
+    if unwritten:
+        raise BatchFailed(f"every job is done, but {where}")
     return summary
 
 
@@ -308,7 +315,8 @@ def _run_units(work: list[list[jobs.Job]], place, force: bool, description: str)
                 except Exception as exc:  # the unit failed after its retries: its jobs failed
                     error = f"unit failed: {exc}"
                     results = [report.job_entry(j, "failed", error=error) for j in unit]
-                    logger.error("unit of %d jobs failed: %s", len(unit), exc)
+                    names = ", ".join(j.label for j in unit)
+                    logger.error("unit failed after its retries (%s): %s", names, exc)
                 for entry in results:
                     entries[entry["key"]] = entry
                 update_progress_artifact(progress_id, 100.0 * len(entries) / total)

