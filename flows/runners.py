@@ -18,6 +18,7 @@ through their environment (Ray's runtime_env), never through task arguments.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,6 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from nst_core.errors import NstError
 
 TASK_RUNNERS = ("thread", "ray")
-THREADS = 8  # units in flight at once; the device limit decides how many actually run
 # Forwarded to Ray workers when set here. Secrets travel only this way.
 FORWARDED_PREFIXES = ("AWS_", "NST_", "PREFECT_")
 
@@ -80,7 +80,8 @@ def placement(name: str, local_devices: list[str], job_device: str) -> Iterator[
     jobs' `device` parameter, which decides whether Ray units may ask for GPUs.
     """
     if name == "thread":
-        with ThreadPoolTaskRunner(max_workers=THREADS) as runner:
+        # The flow keeps one unit in flight per device: a thread each.
+        with ThreadPoolTaskRunner(max_workers=len(local_devices)) as runner:
             yield UnitPlacement(runner, name, local_devices, hold_slot=True)
         return
     with _ray_runner() as runner:
@@ -108,24 +109,28 @@ def _ray_runner() -> Iterator[TaskRunner]:
     with get_client(sync_client=True) as client:
         os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": _forwarded_environment()}}
+    session_dir = None  # a folder this run made for its local Ray, removed after
     if local:
         # No dashboard; its own session folder (short: Ray's socket paths must fit in
         # 107 bytes).
-        num_cpus = os.environ.get("NST_RAY_NUM_CPUS")
-        init_kwargs |= {
-            "include_dashboard": False,
-            "_temp_dir": os.environ.get("NST_RAY_TEMP_DIR")
-            or tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
-        }
-        if num_cpus:
-            init_kwargs["num_cpus"] = int(num_cpus)
+        init_kwargs["include_dashboard"] = False
+        if os.environ.get("NST_RAY_TEMP_DIR"):
+            init_kwargs["_temp_dir"] = os.environ["NST_RAY_TEMP_DIR"]
+        else:
+            session_dir = init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        if os.environ.get("NST_RAY_NUM_CPUS"):
+            init_kwargs["num_cpus"] = int(os.environ["NST_RAY_NUM_CPUS"])
         runner = RayTaskRunner(init_kwargs=init_kwargs)
     elif address == "auto":
         runner = RayTaskRunner(init_kwargs=init_kwargs | {"address": "auto"})
     else:
         runner = RayTaskRunner(address=address, init_kwargs=init_kwargs)
-    with runner:
-        yield runner
+    try:
+        with runner:
+            yield runner
+    finally:
+        if session_dir:
+            shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def _forwarded_environment() -> dict[str, str]:
