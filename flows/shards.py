@@ -65,13 +65,11 @@ def run_shards(
     logger = get_run_logger()
     children = []
     for index, shard in enumerate(lists):
+        name = f"{parent_name}-shard-{index + 1}-of-{len(lists)}"
         run = run_deployment(
             deployment,
-            parameters=parameters
-            | {
-                "only_jobs": [j.key for j in shard],
-                "shard_name": f"{parent_name}-shard-{index + 1}-of-{len(lists)}",
-            },
+            parameters=parameters | {"only_jobs": [j.key for j in shard], "shard_name": name},
+            flow_run_name=name,
             timeout=0,
             # A retried parent gets these same runs back instead of starting new ones.
             idempotency_key=f"{parent_id}:shard-{index + 1}-of-{len(lists)}",

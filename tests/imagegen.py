@@ -39,6 +39,17 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+# 2 contents x 2 styles at 40 px, few iterations: the batch most flow tests run.
+TINY_MANIFEST = """version: 1
+name: tiny
+output: out
+format: png
+defaults: {size: 40, iterations: 6, device: cpu, precision: fp32}
+contents: [photos/*.png]
+styles: [paintings/*.png]
+"""
+
+
 def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
     """photos/{a,b}.png and paintings/{s1,s2}.png under `root` (a folder or an s3:// prefix),
     plus the manifest as `name`; returns the manifest's URI."""

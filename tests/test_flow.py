@@ -10,20 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from imagegen import png_bytes, scene, write_batch
+from imagegen import TINY_MANIFEST, png_bytes, scene, write_batch
 from PIL import Image
 
 from flows.batch import BatchFailed, stylize_batch
 from nst_core import images, storage
 
-MANIFEST = """version: 1
-name: tiny
-output: out
-format: png
-defaults: {size: 40, iterations: 6, device: cpu, precision: fp32}
-contents: [photos/*.png]
-styles: [paintings/*.png]
-"""
+MANIFEST = TINY_MANIFEST
 
 
 def make_batch(root: str, manifest: str = MANIFEST) -> str:

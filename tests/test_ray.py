@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from imagegen import write_batch
+from imagegen import TINY_MANIFEST, write_batch
 from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -18,14 +18,7 @@ from flows.batch import stylize_batch
 from nst_core import images, storage
 from nst_core.errors import NstError
 
-MANIFEST = """version: 1
-name: tiny
-output: out
-format: png
-defaults: {size: 40, iterations: 6, device: cpu, precision: fp32}
-contents: [photos/*.png]
-styles: [paintings/*.png]
-"""
+MANIFEST = TINY_MANIFEST
 
 
 def outputs(root: str) -> dict[str, tuple[dict, Image.Image]]:
