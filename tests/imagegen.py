@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 
 from PIL import Image, ImageDraw
@@ -61,3 +62,14 @@ def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
     storage.write_bytes(f"{root}/paintings/s2.png", png_bytes(stripes(seed=2)))
     storage.write_bytes(f"{root}/{name}", manifest.encode())
     return f"{root}/{name}"
+
+
+def job_records(root: str) -> dict[str, dict]:
+    """{URI: record} of every job record under root/out (not the run folders)."""
+    from nst_core import storage
+
+    return {
+        uri: json.loads(storage.read_bytes(uri))
+        for uri in storage.list_prefix(f"{root}/out")
+        if uri.endswith(".json") and "/_runs/" not in uri
+    }

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from imagegen import write_batch
+from imagegen import job_records, write_batch
 from s3_server import S3Server, start_s3_server, weed_binary
 
 from nst_core import images, storage
@@ -150,15 +150,6 @@ def finish(process: subprocess.Popen) -> Run:
         out, err = process.communicate()
         pytest.fail(f"nst run took over {RUN_TIMEOUT_S} s:\n{err[-3000:]}")
     return Run(process.returncode, out, err)
-
-
-def job_records(root: str) -> dict[str, dict]:
-    """Every job record under the output prefix (not the run folders)."""
-    return {
-        uri: json.loads(storage.read_bytes(uri))
-        for uri in storage.list_prefix(f"{root}/out")
-        if uri.endswith(".json") and "/_runs/" not in uri
-    }
 
 
 def flow_run_ids(manifest: str) -> list:

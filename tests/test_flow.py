@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagegen import TINY_MANIFEST, png_bytes, scene, write_batch
+from imagegen import TINY_MANIFEST, job_records, png_bytes, scene, write_batch
 from PIL import Image
 
 from flows.batch import BatchFailed, stylize_batch
@@ -24,14 +24,6 @@ def make_batch(root: str, manifest: str = MANIFEST) -> str:
     return write_batch(root, manifest)
 
 
-def records(root: str) -> dict[str, dict]:
-    return {
-        uri: json.loads(storage.read_bytes(uri))
-        for uri in storage.list_prefix(f"{root}/out")
-        if uri.endswith(".json") and "/_runs/" not in uri
-    }
-
-
 def run_folder(summary: dict) -> str:
     return summary["run_folder"]
 
@@ -41,7 +33,7 @@ def test_2x2_batch_writes_images_records_and_a_report(backend, tmp_path, prefect
     root = str(tmp_path) if backend == "local" else request.getfixturevalue("s3_bucket")
     summary = stylize_batch(make_batch(root))
     assert summary["totals"]["completed"] == 4 and summary["totals"]["failed"] == 0
-    found = records(root)
+    found = job_records(root)
     assert len(found) == 4
     for record in found.values():
         assert record["status"] == "completed"
@@ -73,9 +65,9 @@ def test_a_corrupt_content_fails_its_jobs_only(tmp_path, prefect_server):
     assert summary["totals"] == {**summary["totals"], "completed": 2, "failed": 2, "skipped": 0}
     failed = [e for e in summary["jobs"] if e["status"] == "failed"]
     assert all("b.png" in e["content"] and "truncated or corrupt" in e["error"] for e in failed)
-    statuses = sorted(r["status"] for r in records(str(tmp_path)).values())
+    statuses = sorted(r["status"] for r in job_records(str(tmp_path)).values())
     assert statuses == ["completed", "completed", "failed", "failed"]
-    for record in records(str(tmp_path)).values():
+    for record in job_records(str(tmp_path)).values():
         if record["status"] == "failed":
             assert not Path(record["output"]).exists()  # no image for a failed job
 
@@ -83,21 +75,21 @@ def test_a_corrupt_content_fails_its_jobs_only(tmp_path, prefect_server):
 def test_rerun_skips_done_jobs_and_force_recomputes(tmp_path, prefect_server):
     uri = make_batch(str(tmp_path))
     stylize_batch(uri)
-    first = {u: r["created_at"] for u, r in records(str(tmp_path)).items()}
+    first = {u: r["created_at"] for u, r in job_records(str(tmp_path)).items()}
     again = stylize_batch(uri)
     assert again["totals"]["skipped"] == 4 and again["totals"]["completed"] == 0
-    assert {u: r["created_at"] for u, r in records(str(tmp_path)).items()} == first
+    assert {u: r["created_at"] for u, r in job_records(str(tmp_path)).items()} == first
     time.sleep(1.1)  # created_at has one-second resolution
     forced = stylize_batch(uri, force=True)
     assert forced["totals"]["completed"] == 4
-    assert all(r["created_at"] != first[u] for u, r in records(str(tmp_path)).items())
+    assert all(r["created_at"] != first[u] for u, r in job_records(str(tmp_path)).items())
 
 
 def test_params_override_the_manifest_defaults(tmp_path, prefect_server):
     uri = make_batch(str(tmp_path))
     summary = stylize_batch(uri, params={"iterations": 3, "size": 32})
     assert summary["totals"]["completed"] == 4
-    for record in records(str(tmp_path)).values():
+    for record in job_records(str(tmp_path)).values():
         assert record["params"]["iterations"] == 3
         assert record["output_size"] == [32, 24]
         assert record["losses"]["history"][-1]["evaluation"] == 3
@@ -116,7 +108,7 @@ def test_batched_units_match_one_by_one(tmp_path, prefect_server, monkeypatch):
     monkeypatch.setenv("NST_MEMORY_BUDGET_GB", "0.000001")  # one job per unit
     stylize_batch(make_batch(str(alone)))
     pairs = 0
-    for uri, record in records(str(together)).items():
+    for uri, record in job_records(str(together)).items():
         assert record["batch_size"] == 4
         twin = json.loads(Path(uri.replace(str(together), str(alone))).read_text())
         assert twin["batch_size"] == 1
@@ -142,17 +134,17 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
         nst, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.monotonic() + 240
-    while not records(str(tmp_path)) and time.monotonic() < deadline and first.poll() is None:
+    while not job_records(str(tmp_path)) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the run and its embedded server
     first.wait(timeout=30)
-    done_before = set(records(str(tmp_path)))
+    done_before = set(job_records(str(tmp_path)))
     assert 1 <= len(done_before) < 4, "the kill should land mid-batch"
-    for record in records(str(tmp_path)).values():  # nothing half-written
+    for record in job_records(str(tmp_path)).values():  # nothing half-written
         assert Path(record["output"]).exists()
     second = subprocess.run(nst, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
-    found = records(str(tmp_path))
+    found = job_records(str(tmp_path))
     assert len(found) == 4 and all(r["status"] == "completed" for r in found.values())
     summary_uri = sorted(
         u for u in storage.list_prefix(f"{tmp_path}/out/_runs") if u.endswith("summary.json")
@@ -257,7 +249,7 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
     summary = stylize_batch(make_batch(str(tmp_path)))
     assert summary["totals"]["completed"] == 4 and summary["totals"]["failed"] == 0
     assert sorted(batch_sizes) == [1, 1, 1, 1, 2, 2]  # two units of 2, each split once
-    assert all(r["batch_size"] == 1 for r in records(str(tmp_path)).values())
+    assert all(r["batch_size"] == 1 for r in job_records(str(tmp_path)).values())
 
 
 def test_units_still_running_at_the_batch_timeout_are_reported_failed(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from imagegen import TINY_MANIFEST, write_batch
+from imagegen import TINY_MANIFEST, job_records, write_batch
 from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -24,11 +24,9 @@ MANIFEST = TINY_MANIFEST
 def outputs(root: str) -> dict[str, tuple[dict, Image.Image]]:
     """{output name: (record, image)} of every completed job under root/out."""
     found = {}
-    for uri in storage.list_prefix(f"{root}/out"):
-        if uri.endswith(".json") and "/_runs/" not in uri:
-            record = json.loads(storage.read_bytes(uri))
-            image = images.decode_image(storage.read_bytes(record["output"]), record["output"])
-            found[record["output"].rsplit("/", 1)[-1]] = (record, image)
+    for record in job_records(root).values():
+        image = images.decode_image(storage.read_bytes(record["output"]), record["output"])
+        found[record["output"].rsplit("/", 1)[-1]] = (record, image)
     return found
 
 
