@@ -8,9 +8,10 @@ What differs from the paper, and why:
 - `iterations` counts loss evaluations (forward+backward passes), the unit of cost, for
   L-BFGS (line-search trials included) and Adam alike.
 - The returned image is the lowest-loss point evaluated, not the last one; losses are taken
-  at the image clamped to [0, 1], which is what is written.
+  at the image clamped to [0, 1], which is what is written, while the gradient passes the
+  clamp as if it were not there, so no pixel is ever stuck outside the range.
 - The network runs channels_last, and under bf16 autocast where that pays; Grams and
-  losses stay fp32.
+  losses are fp32 results (losses.py: bf16 features multiply on the tensor cores).
 """
 
 from __future__ import annotations
@@ -302,8 +303,11 @@ class _BatchRun:
         def objective(point: torch.Tensor):
             # Losses are taken at the clamped image, which is what gets written: the
             # optimiser's unconstrained optimum lies partly outside [0, 1], and a loss
-            # measured there would flatter the output. Clamped pixels get no gradient.
-            image = point.clamp(0, 1)
+            # measured there would flatter the output. The gradient passes the clamp
+            # unchanged (straight-through): with the clamp's own zero gradient, a pixel
+            # pushed past 0 or 1 stays there for good, which cost about 1.5% of final loss
+            # on images with saturated areas (BENCHMARKS.md, levers).
+            image = clamp_straight_through(point)
             feats = self._features(image)
             parts = torch.stack(
                 [
@@ -363,6 +367,11 @@ class _BatchRun:
                 entry = {"evaluation": evaluation, "scale": max(size), "seconds": round(seconds, 4)}
                 entry.update(zip(LOSS_NAMES, values[r, :, b].tolist(), strict=True))
                 self.history[b].append(entry)
+
+
+def clamp_straight_through(x: torch.Tensor) -> torch.Tensor:
+    """clamp(x, 0, 1) in value; in the backward pass, the identity."""
+    return x + (x.clamp(0, 1) - x).detach()
 
 
 class _Best:

@@ -62,3 +62,21 @@ def test_tv_loss_is_zero_for_flat_images_and_grows_with_noise():
     noisy = flat + 0.1 * torch.randn_like(flat)
     assert torch.equal(tv_loss(flat), torch.zeros(2))
     assert (tv_loss(noisy) > 0).all()
+
+
+def test_bf16_gram_is_the_fp32_gram_of_the_same_values_and_so_is_its_gradient():
+    # Autocast hands the Gram bf16 features; its bf16 path must compute what the fp32 path
+    # computes on those same values, and return the fp32 path's gradient rounded to bf16.
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 12, 10).bfloat16().contiguous(memory_format=torch.channels_last)
+    fast = features.clone().requires_grad_(True)
+    exact = features.float().requires_grad_(True)
+    fast_gram, exact_gram = gram(fast), gram(exact)
+    assert fast_gram.dtype == torch.float32
+    torch.testing.assert_close(fast_gram, exact_gram, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(exact_gram)
+    (fast_gram * upstream).sum().backward()
+    (exact_gram * upstream).sum().backward()
+    assert fast.grad.dtype == torch.bfloat16
+    rounding = (exact.grad.bfloat16().float() - exact.grad).norm()
+    assert (fast.grad.float() - exact.grad).norm() <= 1.5 * rounding

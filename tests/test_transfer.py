@@ -214,3 +214,12 @@ def test_gram_cache_keeps_the_most_recently_used_entries():
     get(0)
     get(1)
     assert computed == [0, 1, 2, 1]
+
+
+def test_the_clamp_shows_the_written_values_but_passes_the_whole_gradient():
+    # Pixels pushed past 0 or 1 must still feel the loss, or they stay out for good.
+    x = torch.tensor([-0.5, 0.25, 1.5], requires_grad=True)
+    y = transfer.clamp_straight_through(x)
+    assert y.tolist() == [0.0, 0.25, 1.0]
+    (y * torch.tensor([2.0, 3.0, -4.0])).sum().backward()
+    assert x.grad.tolist() == [2.0, 3.0, -4.0]
