@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -13,11 +14,16 @@ from nst_core.losses import content_loss, gram, style_loss
 from nst_core.params import StyleParams
 from nst_core.vgg import load_vgg
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "images"
+# The project's sample photos; NST_BENCH_IMAGES points elsewhere (a device machine, where
+# only the repository travels and the photos come as a carried folder).
+SHARED = Path(
+    os.environ.get("NST_BENCH_IMAGES")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "images"
+)
 
 
 def inputs() -> tuple[object, object, str]:
-    """(content, style, description): ../shared/images when present, else drawn ones."""
+    """(content, style, description): the sample photos when present, else drawn images."""
     content, style = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
     if content.exists() and style.exists():
         return (

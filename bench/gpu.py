@@ -1,110 +1,482 @@
-"""The GPU benchmark: batched engine against the one-at-a-time fp32 baseline at 512 px.
+"""The GPU benchmark: batched engine against the one-at-a-time fp32 baseline at 512x512.
 
-Writes one JSON file (argument 1, default bench/results/gpu.json) with:
-- baseline images/hour: tutorial-style fp32 L-BFGS, 300 evaluations per image;
-- engine images/hour at its defaults on a batch of 16 pairs (bf16 where it pays);
-- FLOP utilisation: image-iterations/s x 379 GFLOP (forward + input gradient through
-  relu5_1 at 512x512) against the device's bf16 dense peak;
-- the memory model's predictions against torch's measured peaks (bench/memory.py grid).
-`--dry-run` does the same at toy sizes on any device, to check the script end to end.
+One process, one JSON file (argument 1, else $OUT/gpu.json, else bench/results/gpu.json),
+rewritten after every section so a run cut short still leaves what it measured. Sections,
+most important first; each is skipped once NST_GPU_BENCH_BUDGET_S would not hold it:
+
+- describe, ceilings: the card, and its measured bf16 matrix rate and copy bandwidth;
+- grams_only: the Gram's three paths (fp32, TF32, bf16 operands): time and float64 error;
+- baseline: tutorial-style fp32 L-BFGS, 300 evaluations per image, 4 runs with cuDNN at its
+  defaults (as the tutorial leaves it) and 4 with cudnn.benchmark; every final loss kept;
+- engine: its defaults on a batch of 16 pairs, median of 3; images per hour against the
+  baseline's, and FLOP utilisation: image-iterations/s x 379 GFLOP (forward + input
+  gradient through relu5_1 at 512x512, scaled by pixels) against the bf16 dense peak;
+- quality: every output scored by the fixed fp32 evaluator (bench/common.py);
+- convergence: evaluations to the baseline's quality in bf16 and in fp32;
+- levers: fp32, the Gram's paths, cudnn.benchmark on, torch.compile of the engine's network;
+- memory_model: the planner's predictions against torch's measured peaks, 128-1024 px x 1-16;
+- batch_sweep, network_only, torch_compile: batches 1-64; the bare network in each precision
+  and layout, and compiled.
+
+NST_GPU_BENCH_SECTIONS=a,b runs only those sections (a rerun inside one lease);
+NST_BENCH_IMAGES=DIR takes the sample photos from DIR. `--dry-run` does all of it at toy
+sizes on any device, to check the script end to end; `--no-compile` skips torch.compile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from bench.baseline import run_baseline
-from bench.common import tensors
-from bench.memory import GPU_GRID, one, percent
-from nst_core import demo
+from bench.common import Evaluator, inputs, tensors
+from bench.memory import GPU_GRID, one
+from nst_core import images
+from nst_core.losses import gram
 from nst_core.params import StyleParams
 from nst_core.transfer import Pair, stylize_batch
+from nst_core.units import estimate_bytes
+from nst_core.vgg import load_vgg
 
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets; sparsity excluded).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+BASELINE_EVALUATIONS = 300
 
 
 def peak_tflops(name: str) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def gflop_per_image_iteration(width: int, height: int) -> float:
+    """Convolution work scales with pixels; 379 GFLOP is the 512x512 figure."""
+    return GFLOP_PER_IMAGE_ITERATION_512 * width * height / 512**2
+
+
+def gram_fp32_path(features: torch.Tensor) -> torch.Tensor:
+    """The Gram as it was before the bf16 path: an fp32 copy of the features, fp32 GEMM."""
+    return gram(features.float())
+
+
+@contextlib.contextmanager
+def flags(cudnn_benchmark: bool | None = None, matmul_tf32: bool | None = None):
+    """Set cuDNN autotuning and TF32 matmuls for a block, then put them back."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    if cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    if matmul_tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class Bench:
+    def __init__(self, out: Path, dry: bool, budget_s: float, with_compile: bool):
+        self.out, self.dry, self.budget_s, self.with_compile = out, dry, budget_s, with_compile
+        self.started = time.perf_counter()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.cuda = self.device == "cuda"
+        self.name = torch.cuda.get_device_name() if self.cuda else "cpu"
+        # Toy sizes for a dry run; the real ones are the issue's: 512 px, 16 pairs, 300 evals.
+        self.size, self.batch = (32, 2) if dry else (512, 16)
+        self.baseline_evals = 4 if dry else BASELINE_EVALUATIONS
+        self.engine_iterations = 4 if dry else StyleParams().iterations
+        self.lever_iterations = 3 if dry else 40
+        # The sample photos where they are (NST_BENCH_IMAGES), else drawn images; square,
+        # so the output is 512x512, the size the FLOP figure is for.
+        content, self.style, described = inputs()
+        width, height = content.size
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        self.content = content.crop((left, top, left + side, top + side))
+        self.report: dict = {
+            "device": self.name,
+            "dry_run": dry,
+            "size": self.size,
+            "inputs": described,
+        }
+        self.baseline_images: list[torch.Tensor] = []
+        self.baseline_final_loss: float | None = None
+        self.engine_history: list[dict] = []
+        self.engine_image = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def section(self, name: str, need_s: float, fn) -> None:
+        left = self.budget_s - self.elapsed()
+        if left < need_s:
+            self.report[name] = {"skipped": f"time budget: {left:.0f} s left, needs ~{need_s} s"}
+        else:
+            began = time.perf_counter()
+            try:
+                self.report[name] = fn()
+            except Exception as exc:  # one failed section must not cost the others
+                traceback.print_exc()
+                self.report[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            if isinstance(self.report[name], dict):
+                self.report[name]["section_s"] = round(time.perf_counter() - began, 1)
+        if self.cuda:
+            torch.cuda.empty_cache()
+        self.report["elapsed_s"] = round(self.elapsed(), 1)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.report, indent=2))
+        print(f"[{self.elapsed():6.1f} s] {name}: {json.dumps(self.report[name])}", flush=True)
+
+    def timed(self, fn, repeats: int) -> tuple[list[float], object]:
+        times, value = [], None
+        for _ in range(repeats):
+            self.sync()
+            began = time.perf_counter()
+            value = fn()
+            self.sync()
+            times.append(time.perf_counter() - began)
+        return times, value
+
+    def reset_peak(self) -> int:
+        if not self.cuda:
+            return 0
+        self.sync()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+
+    def peak_mb(self, base: int) -> float | None:
+        return (torch.cuda.max_memory_allocated() - base) / 2**20 if self.cuda else None
+
+    # -- sections ---------------------------------------------------------------------------
+    def describe(self) -> dict:
+        info = {
+            "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version() if self.cuda else None,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        }
+        if self.cuda:
+            props = torch.cuda.get_device_properties(0)
+            info |= {
+                "multiprocessors": props.multi_processor_count,
+                "memory_gb": round(props.total_memory / 2**30, 1),
+                "capability": f"{props.major}.{props.minor}",
+            }
+        return info
+
+    def ceilings(self) -> dict:
+        n = 512 if self.dry else 8192
+        a = torch.randn(n, n, device=self.device, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=self.device, dtype=torch.bfloat16)
+        self.timed(lambda: a @ b, 3)
+        times, _ = self.timed(lambda: a @ b, 10)
+        copy_src = torch.randn(2**28 if not self.dry else 2**20, device=self.device)
+        copy_dst = torch.empty_like(copy_src)
+        self.timed(lambda: copy_dst.copy_(copy_src), 3)
+        copy_times, _ = self.timed(lambda: copy_dst.copy_(copy_src), 10)
+        moved = 2 * copy_src.numel() * copy_src.element_size()
+        return {
+            "bf16_matmul_tflops": 2 * n**3 / statistics.median(times) / 1e12,
+            "copy_tb_per_s": moved / statistics.median(copy_times) / 1e12,
+        }
+
+    def baseline(self) -> dict:
+        params = StyleParams(size=self.size, device=self.device)
+        content_t, style_t = (
+            t.to(self.device) for t in tensors(self.content, self.style, self.size)
+        )
+        out = {"evaluations": self.baseline_evals}
+        self.baseline_images, finals = [], []
+        for label, autotune in (("cudnn_default", False), ("cudnn_benchmark", True)):
+            times = []
+            with flags(cudnn_benchmark=autotune):
+                run_baseline(content_t, style_t, params, 20 if not self.dry else 2)  # warm-up
+                for _ in range(4):
+                    self.sync()
+                    began = time.perf_counter()
+                    image, trace = run_baseline(content_t, style_t, params, self.baseline_evals)
+                    self.sync()
+                    times.append(time.perf_counter() - began)
+                    # Its final losses differ run to run (no line search, TF32 convolutions),
+                    # so each run's output is kept and scored.
+                    self.baseline_images.append(images.to_tensor(images.to_image(image)))
+                    finals.append(trace[-1][2])
+            out[label] = {
+                "s_per_image": statistics.median(times),
+                "s_all": times,
+                "images_per_hour": 3600 / statistics.median(times),
+            }
+        self.baseline_final_loss = statistics.median(finals)
+        out["final_trace_losses"] = finals
+        return out
+
+    def engine_rate(self, batch: int, iterations: int, *, repeats: int = 1, **overrides) -> dict:
+        """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes."""
+        params = StyleParams(size=self.size, device=self.device, iterations=iterations, **overrides)
+
+        def run(params=params):
+            return stylize_batch([Pair(self.content, [self.style], params)] * batch)
+
+        run(params.model_copy(update={"iterations": 2}))  # cuDNN autotuning, allocator warm-up
+        base = self.reset_peak()
+        times, results = self.timed(run, repeats)
+        seconds = statistics.median(times)
+        width, height = results[0].image.size
+        rate = batch * iterations / seconds
+        resolved = params.model_copy(update={"precision": results[0].precision})
+        row = {
+            "batch": batch,
+            "iterations": iterations,
+            "precision": results[0].precision,
+            "s": seconds,
+            "s_all": times,
+            "images_per_hour": 3600 * batch / seconds,
+            "image_iterations_per_s": rate,
+            "tflops": rate * gflop_per_image_iteration(width, height) / 1000,
+            "peak_mb": self.peak_mb(base),
+            "predicted_mb": estimate_bytes(width, height, resolved, batch=batch) / 2**20,
+            "final_total_pair0": results[0].final["total"],
+        }
+        self.last_results = results
+        return row
+
+    def engine(self) -> dict:
+        row = self.engine_rate(self.batch, self.engine_iterations, repeats=3)
+        self.engine_image = images.to_tensor(self.last_results[0].image)
+        self.engine_history = self.last_results[0].history
+        peak = peak_tflops(self.name)
+        measured = self.report.get("ceilings", {}).get("bf16_matmul_tflops")
+        row["flop_utilisation_datasheet"] = row["tflops"] / peak if peak else None
+        row["flop_utilisation_measured_peak"] = row["tflops"] / measured if measured else None
+        base = self.report.get("baseline", {})
+        for label in ("cudnn_default", "cudnn_benchmark"):
+            if label in base:
+                row[f"speedup_vs_baseline_{label}"] = (
+                    row["images_per_hour"] / base[label]["images_per_hour"]
+                )
+        return row
+
+    def quality(self) -> dict:
+        if not self.baseline_images or self.engine_image is None:
+            return {"skipped": "needs both the baseline and the engine sections"}
+        params = StyleParams(size=self.size, device="cpu", precision="fp32")
+        evaluate = Evaluator(self.content, self.style, params)
+        content_t, _ = tensors(self.content, self.style, self.size)
+        baseline = [evaluate(image) for image in self.baseline_images]
+        engine = evaluate(self.engine_image)
+        # The engine's own trace (every history_every evaluations) against the baseline's
+        # median final loss: how many of its evaluations the engine needed for that quality.
+        reached = [
+            (row["evaluation"], row["seconds"])
+            for row in self.engine_history
+            if row["total"] <= self.baseline_final_loss
+        ]
+        return {
+            "evaluator": "fp32 on the CPU, 8-bit outputs, content+style at the output size",
+            "content_image_loss": evaluate(content_t),
+            "baseline_losses": baseline,
+            "baseline_median_loss": statistics.median(baseline),
+            "engine_loss": engine,
+            "baseline_runs_the_engine_beats": sum(engine < b for b in baseline),
+            "engine_evaluations_to_baseline_median_trace_loss": reached[0][0] if reached else None,
+            "engine_seconds_to_it_batch": reached[0][1] if reached else None,
+        }
+
+    def memory_model(self) -> dict:
+        grid = [(32, 1), (32, 2)] if self.dry else GPU_GRID
+        fp32 = [(32, 2)] if self.dry else [(256, 4), (512, 4), (1024, 1)]
+        rows = [one(s, b, self.device, precision="auto") for s, b in grid]
+        rows += [one(s, b, self.device, precision="fp32") for s, b in fp32]
+        return {"rows": rows}
+
+    def levers(self) -> dict:
+        n, its = self.batch, self.lever_iterations
+        out = {"default": self.engine_rate(n, its)}
+        with mock.patch("nst_core.losses.gram", gram_fp32_path):
+            out["fp32_grams"] = self.engine_rate(n, its)
+            with flags(matmul_tf32=True):
+                out["tf32_grams"] = self.engine_rate(n, its)
+        out["fp32"] = self.engine_rate(n, its, precision="fp32")
+        with flags(cudnn_benchmark=True):
+            out["cudnn_benchmark_on"] = self.engine_rate(n, its)
+        self.save_partial("levers", out)
+        if self.with_compile and self.budget_s - self.elapsed() > 100:
+            out["torch_compile"] = self.compiled_engine(n, its)
+        return out
+
+    def compiled_engine(self, batch: int, iterations: int) -> dict:
+        """The engine with its network under torch.compile; the warm-up holds the compiles."""
+        compiled = {}
+
+        def load(*args):
+            if args not in compiled:
+                compiled[args] = torch.compile(load_vgg(*args))
+            return compiled[args]
+
+        began = time.perf_counter()
+        with mock.patch("nst_core.transfer.load_vgg", load):
+            row = self.engine_rate(batch, iterations)
+        return row | {"wall_with_compile_s": time.perf_counter() - began}
+
+    def save_partial(self, name: str, value: dict) -> None:
+        self.report[name] = value
+        self.out.write_text(json.dumps(self.report, indent=2))
+
+    def convergence(self) -> dict:
+        """Evaluations each precision needs to reach the baseline's final loss (300 evals)."""
+        if self.baseline_final_loss is None:
+            return {"skipped": "needs the baseline section"}
+        batch, its = (2, 4) if self.dry else (4, BASELINE_EVALUATIONS)
+        params = StyleParams(size=self.size, device="cpu", precision="fp32")
+        evaluate = Evaluator(self.content, self.style, params)
+        out = {"batch": batch, "iterations": its, "baseline_final_loss": self.baseline_final_loss}
+        for precision in ("bf16", "fp32"):
+            row = self.engine_rate(batch, its, precision=precision)
+            history = self.last_results[0].history
+            reached = [r for r in history if r["total"] <= self.baseline_final_loss]
+            row["evaluations_to_baseline_loss"] = reached[0]["evaluation"] if reached else None
+            row["loss_at"] = {r["evaluation"]: r["total"] for r in history[9::10]}
+            row["evaluator_loss"] = evaluate(images.to_tensor(self.last_results[0].image))
+            out[precision] = row
+        return out
+
+    def batch_sweep(self) -> dict:
+        sizes = (1, 2) if self.dry else (1, 4, 16, 32, 64)
+        return {f"batch_{b}": self.engine_rate(b, self.lever_iterations) for b in sizes}
+
+    def _network(self, batch: int, *, bf16: bool, nhwc: bool, compiled: bool = False):
+        """(VGG forward + input gradient through relu5_1, its input) as the engine runs it."""
+        params = StyleParams()
+        layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
+        vgg = load_vgg(layers, params.weights, params.pooling, self.device)
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        vgg = vgg.to(memory_format=fmt)
+        forward = torch.compile(vgg) if compiled else vgg
+        x = torch.rand(batch, 3, self.size, self.size, device=self.device)
+        x = x.contiguous(memory_format=fmt).requires_grad_(True)
+
+        def step():
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=bf16):
+                feats = forward(x)
+            sum(f.float().square().mean() for f in feats.values()).backward()
+            x.grad = None
+
+        return step
+
+    def _rate(self, step, batch: int, warm: int = 3, repeats: int = 10) -> dict:
+        self.timed(step, warm)
+        times, _ = self.timed(step, repeats)
+        seconds = statistics.median(times)
+        tflops = batch * gflop_per_image_iteration(self.size, self.size) / seconds / 1000
+        return {"ms": seconds * 1000, "tflops": tflops}
+
+    def network_only(self) -> dict:
+        out = {}
+        with flags(cudnn_benchmark=True):
+            for label, bf16, nhwc in (
+                ("bf16_nhwc", True, True),
+                ("bf16_nchw", True, False),
+                ("fp32_nhwc", False, True),
+                ("fp32_nchw", False, False),
+            ):
+                out[label] = self._rate(self._network(self.batch, bf16=bf16, nhwc=nhwc), self.batch)
+        return out
+
+    def grams_only(self) -> dict:
+        """The five style Grams, forward and backward, from bf16 channels_last features."""
+        params = StyleParams()
+        vgg = load_vgg(params.style_layers, params.weights, params.pooling, self.device)
+        vgg = vgg.to(memory_format=torch.channels_last)
+        x = torch.rand(self.batch, 3, self.size, self.size, device=self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(self.device, dtype=torch.bfloat16):
+            feats = {k: v.detach().requires_grad_(True) for k, v in vgg(x).items()}
+
+        def step(fn):
+            sum(fn(f).square().mean() for f in feats.values()).backward()
+            for f in feats.values():
+                f.grad = None
+
+        variants = [
+            ("fp32_path", False, gram_fp32_path),
+            ("fp32_path_tf32", True, gram_fp32_path),
+            ("bf16_operands", False, gram),  # the engine's: nst_core.losses.gram
+        ]
+        out = {}
+        with torch.no_grad():
+            reference = {}
+            for k, f in feats.items():  # float64 Grams, the yardstick for each variant
+                b, c, h, w = f.shape
+                flat = f.double().reshape(b, c, h * w)
+                reference[k] = torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+        for label, tf32, fn in variants:
+            with flags(matmul_tf32=tf32):
+                self.timed(lambda fn=fn: step(fn), 3)
+                times, _ = self.timed(lambda fn=fn: step(fn), 10)
+                with torch.no_grad():
+                    error = max(
+                        ((fn(f).double() - reference[k]).norm() / reference[k].norm()).item()
+                        for k, f in feats.items()
+                    )
+            out[label] = {"ms": statistics.median(times) * 1000, "max_relative_error": error}
+        return out
+
+    def compiled(self) -> dict:
+        with flags(cudnn_benchmark=True):
+            step = self._network(self.batch, bf16=True, nhwc=True, compiled=True)
+            began = time.perf_counter()
+            self.timed(step, 1)
+            compile_s = time.perf_counter() - began
+            row = self._rate(step, self.batch)
+        return row | {"compile_s": compile_s}
+
+    def run(self, only: set[str] | None = None) -> None:
+        torch.backends.cudnn.benchmark = False  # the library default, until a section says
+        sections = [
+            ("describe", 0, self.describe),
+            ("ceilings", 10, self.ceilings),
+            ("grams_only", 10, self.grams_only),
+            ("baseline", 60, self.baseline),
+            ("engine", 60, self.engine),
+            ("quality", 20, self.quality),
+            ("convergence", 40, self.convergence),
+            ("levers", 40, self.levers),
+            ("memory_model", 60, self.memory_model),
+            ("batch_sweep", 40, self.batch_sweep),
+            ("network_only", 20, self.network_only),
+            ("torch_compile", 120, self.compiled),
+        ]
+        for name, need_s, fn in sections:
+            if name == "torch_compile" and not self.with_compile:
+                continue
+            if only is None or name in only or name == "describe":
+                self.section(name, need_s, fn)
 
 
 def main() -> None:
     dry = "--dry-run" in sys.argv
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    budget = float(os.environ.get("NST_GPU_BENCH_BUDGET_S", "420"))
     default = (
         Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(__file__).parent / "results"
     )
     out = Path(args[0]) if args else default / ("gpu-dry-run.json" if dry else "gpu.json")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    size, batch, evals = (32, 2, 4) if dry else (512, 16, 300)
-    torch.backends.cudnn.benchmark = True
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    content, style = demo.town(size * 4 // 3, size), demo.swirls(size, size)
-    params = StyleParams(size=size, device=device, iterations=evals)
-    report: dict = {
-        "device": name,
-        "torch": torch.__version__,
-        "size": size,
-        "batch": batch,
-        "dry_run": dry,
-    }
-
-    # Baseline: one pair at a time, fp32 NCHW, 300 evaluations (two images, the second timed).
-    content_t, style_t = (t.to(device) for t in tensors(content, style, size))
-    baseline_params = params.model_copy(update={"device": device})
-    run_baseline(content_t, style_t, baseline_params, evals)
-    sync(device)
-    started = time.perf_counter()
-    run_baseline(content_t, style_t, baseline_params, evals)
-    sync(device)
-    baseline_s = time.perf_counter() - started
-    report["baseline_s_per_image"] = baseline_s
-    report["baseline_images_per_hour"] = 3600 / baseline_s
-
-    # Engine: its defaults, one batch of `batch` pairs (a warm-up batch first).
-    pairs = [Pair(content, [style], params) for _ in range(batch)]
-    stylize_batch(pairs[:1] if not dry else pairs)
-    sync(device)
-    started = time.perf_counter()
-    results = stylize_batch(pairs)
-    sync(device)
-    engine_s = time.perf_counter() - started
-    report["engine_precision"] = results[0].precision
-    report["engine_s_per_batch"] = engine_s
-    report["engine_images_per_hour"] = 3600 * batch / engine_s
-    report["speedup_images_per_hour"] = (
-        report["engine_images_per_hour"] / report["baseline_images_per_hour"]
-    )
-    image_iterations_per_s = batch * evals / engine_s
-    report["image_iterations_per_s"] = image_iterations_per_s
-    tflops = image_iterations_per_s * GFLOP_PER_IMAGE_ITERATION_512 * (size / 512) ** 2 / 1000
-    report["achieved_tflops"] = tflops
-    peak = peak_tflops(name)
-    report["bf16_peak_tflops"] = peak
-    report["flop_utilisation"] = tflops / peak if peak else None
-
-    grid = [(32, 1), (32, 2)] if dry else GPU_GRID
-    report["memory_model"] = [one(s, b, device, precision="auto") for s, b in grid]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "memory_model"}, indent=2))
-    for row in report["memory_model"]:
-        print(
-            f"memory {row['size']} px x{row['batch']}: measured {row['measured_mb']:.0f} MB, "
-            f"predicted {row['predicted_mb']:.0f} MB ({percent(row['error'])})"
-        )
+    bench = Bench(out, dry, budget, with_compile="--no-compile" not in sys.argv)
+    only = os.environ.get("NST_GPU_BENCH_SECTIONS")
+    bench.run(set(only.split(",")) if only else None)
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
 """The benchmark's own arithmetic and baseline (speed itself is measured in bench/, not here)."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from imagegen import scene, stripes
 
 from bench.baseline import run_baseline
 from bench.common import Evaluator, loss_at, tensors, time_to_loss
 from nst_core.params import StyleParams
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_time_to_loss_uses_the_best_loss_so_far():
@@ -25,3 +32,25 @@ def test_baseline_spends_exactly_its_evaluations_and_lowers_the_evaluated_loss()
     evaluate = Evaluator(content, style, params)
     assert evaluate(image) < 0.5 * evaluate(content_t)
     assert image.min() >= 0 and image.max() <= 1
+
+
+def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path):
+    # The GPU script only runs on a lent machine, minutes of which are scarce: it must not
+    # reach one broken. --dry-run takes every section's code path at 32 px on the CPU.
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", str(out), "--dry-run", "--no-compile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    sections = ["describe", "ceilings", "grams_only", "baseline", "engine", "quality"]
+    sections += ["convergence", "levers", "memory_model", "batch_sweep", "network_only"]
+    for name in sections:
+        assert "error" not in report[name] and "skipped" not in report[name], report[name]
+    assert report["engine"]["image_iterations_per_s"] > 0
+    assert len(report["quality"]["baseline_losses"]) == 8
+    assert set(report["levers"]) >= {"default", "fp32_grams", "tf32_grams", "fp32"}
