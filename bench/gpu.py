@@ -26,6 +26,7 @@ sizes on any device, to check the script end to end; `--no-compile` skips torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -37,7 +38,7 @@ from unittest import mock
 
 import torch
 
-from bench.baseline import run_baseline
+from bench.baseline import EVALUATIONS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from bench.memory import GPU_GRID, one
 from nst_core import images
@@ -50,7 +51,6 @@ from nst_core.vgg import load_vgg
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets; sparsity excluded).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-BASELINE_EVALUATIONS = 300
 
 
 def peak_tflops(name: str) -> float | None:
@@ -90,7 +90,7 @@ class Bench:
         self.name = torch.cuda.get_device_name() if self.cuda else "cpu"
         # Toy sizes for a dry run; the real ones are the issue's: 512 px, 16 pairs, 300 evals.
         self.size, self.batch = (32, 2) if dry else (512, 16)
-        self.baseline_evals = 4 if dry else BASELINE_EVALUATIONS
+        self.baseline_evals = 4 if dry else EVALUATIONS
         self.engine_iterations = 4 if dry else StyleParams().iterations
         self.lever_iterations = 3 if dry else 40
         # The sample photos where they are (NST_BENCH_IMAGES), else drawn images; square,
@@ -134,20 +134,24 @@ class Bench:
                 self.report[name]["section_s"] = round(time.perf_counter() - began, 1)
         if self.cuda:
             torch.cuda.empty_cache()
+        self.save()
+        print(f"[{self.elapsed():6.1f} s] {name}: {json.dumps(self.report[name])}", flush=True)
+
+    def save(self) -> None:
         self.report["elapsed_s"] = round(self.elapsed(), 1)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps(self.report, indent=2))
-        print(f"[{self.elapsed():6.1f} s] {name}: {json.dumps(self.report[name])}", flush=True)
 
-    def timed(self, fn, repeats: int) -> tuple[list[float], object]:
-        times, value = [], None
+    def timed(self, fn, repeats: int) -> tuple[list[float], list]:
+        """Seconds of each of `repeats` calls, device work included, and what each returned."""
+        times, values = [], []
         for _ in range(repeats):
             self.sync()
             began = time.perf_counter()
-            value = fn()
+            values.append(fn())
             self.sync()
             times.append(time.perf_counter() - began)
-        return times, value
+        return times, values
 
     def reset_peak(self) -> int:
         if not self.cuda:
@@ -200,19 +204,16 @@ class Bench:
         out = {"evaluations": self.baseline_evals}
         self.baseline_images, finals = [], []
         for label, autotune in (("cudnn_default", False), ("cudnn_benchmark", True)):
-            times = []
             with flags(cudnn_benchmark=autotune):
                 run_baseline(content_t, style_t, params, 20 if not self.dry else 2)  # warm-up
-                for _ in range(4):
-                    self.sync()
-                    began = time.perf_counter()
-                    image, trace = run_baseline(content_t, style_t, params, self.baseline_evals)
-                    self.sync()
-                    times.append(time.perf_counter() - began)
-                    # Its final losses differ run to run (no line search, TF32 convolutions),
-                    # so each run's output is kept and scored.
-                    self.baseline_images.append(images.to_tensor(images.to_image(image)))
-                    finals.append(trace[-1][2])
+                times, runs = self.timed(
+                    lambda: run_baseline(content_t, style_t, params, self.baseline_evals), 4
+                )
+            # Its final losses differ run to run (no line search, TF32 convolutions), so
+            # each run's output is kept and scored.
+            for image, trace in runs:
+                self.baseline_images.append(images.to_tensor(images.to_image(image)))
+                finals.append(trace[-1][2])
             out[label] = {
                 "s_per_image": statistics.median(times),
                 "s_all": times,
@@ -222,8 +223,14 @@ class Bench:
         out["final_trace_losses"] = finals
         return out
 
-    def engine_rate(self, batch: int, iterations: int, *, repeats: int = 1, **overrides) -> dict:
-        """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes."""
+    def engine_rate(self, batch: int, iterations: int, **overrides) -> dict:
+        return self.engine_run(batch, iterations, **overrides)[0]
+
+    def engine_run(
+        self, batch: int, iterations: int, *, repeats: int = 1, **overrides
+    ) -> tuple[dict, list]:
+        """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes,
+        and the last repeat's results."""
         params = StyleParams(size=self.size, device=self.device, iterations=iterations, **overrides)
 
         def run(params=params):
@@ -231,7 +238,8 @@ class Bench:
 
         run(params.model_copy(update={"iterations": 2}))  # cuDNN autotuning, allocator warm-up
         base = self.reset_peak()
-        times, results = self.timed(run, repeats)
+        times, runs = self.timed(run, repeats)
+        results = runs[-1]
         seconds = statistics.median(times)
         width, height = results[0].image.size
         rate = batch * iterations / seconds
@@ -249,13 +257,12 @@ class Bench:
             "predicted_mb": estimate_bytes(width, height, resolved, batch=batch) / 2**20,
             "final_total_pair0": results[0].final["total"],
         }
-        self.last_results = results
-        return row
+        return row, results
 
     def engine(self) -> dict:
-        row = self.engine_rate(self.batch, self.engine_iterations, repeats=3)
-        self.engine_image = images.to_tensor(self.last_results[0].image)
-        self.engine_history = self.last_results[0].history
+        row, results = self.engine_run(self.batch, self.engine_iterations, repeats=3)
+        self.engine_image = images.to_tensor(results[0].image)
+        self.engine_history = results[0].history
         peak = peak_tflops(self.name)
         measured = self.report.get("ceilings", {}).get("bf16_matmul_tflops")
         row["flop_utilisation_datasheet"] = row["tflops"] / peak if peak else None
@@ -311,44 +318,35 @@ class Bench:
         out["fp32"] = self.engine_rate(n, its, precision="fp32")
         with flags(cudnn_benchmark=True):
             out["cudnn_benchmark_on"] = self.engine_rate(n, its)
-        self.save_partial("levers", out)
+        self.report["levers"] = out  # kept if the compile below takes the rest of the time
+        self.save()
         if self.with_compile and self.budget_s - self.elapsed() > 100:
             out["torch_compile"] = self.compiled_engine(n, its)
         return out
 
     def compiled_engine(self, batch: int, iterations: int) -> dict:
         """The engine with its network under torch.compile; the warm-up holds the compiles."""
-        compiled = {}
-
-        def load(*args):
-            if args not in compiled:
-                compiled[args] = torch.compile(load_vgg(*args))
-            return compiled[args]
-
+        load = functools.cache(lambda *args: torch.compile(load_vgg(*args)))
         began = time.perf_counter()
         with mock.patch("nst_core.transfer.load_vgg", load):
             row = self.engine_rate(batch, iterations)
         return row | {"wall_with_compile_s": time.perf_counter() - began}
 
-    def save_partial(self, name: str, value: dict) -> None:
-        self.report[name] = value
-        self.out.write_text(json.dumps(self.report, indent=2))
-
     def convergence(self) -> dict:
         """Evaluations each precision needs to reach the baseline's final loss (300 evals)."""
         if self.baseline_final_loss is None:
             return {"skipped": "needs the baseline section"}
-        batch, its = (2, 4) if self.dry else (4, BASELINE_EVALUATIONS)
+        batch, its = (2, 4) if self.dry else (4, EVALUATIONS)
         params = StyleParams(size=self.size, device="cpu", precision="fp32")
         evaluate = Evaluator(self.content, self.style, params)
         out = {"batch": batch, "iterations": its, "baseline_final_loss": self.baseline_final_loss}
         for precision in ("bf16", "fp32"):
-            row = self.engine_rate(batch, its, precision=precision)
-            history = self.last_results[0].history
+            row, results = self.engine_run(batch, its, precision=precision)
+            history = results[0].history
             reached = [r for r in history if r["total"] <= self.baseline_final_loss]
             row["evaluations_to_baseline_loss"] = reached[0]["evaluation"] if reached else None
             row["loss_at"] = {r["evaluation"]: r["total"] for r in history[9::10]}
-            row["evaluator_loss"] = evaluate(images.to_tensor(self.last_results[0].image))
+            row["evaluator_loss"] = evaluate(images.to_tensor(results[0].image))
             out[precision] = row
         return out
 

@@ -11,13 +11,11 @@ import resource
 import sys
 import time
 
-from bench.baseline import run_baseline
+from bench.baseline import EVALUATIONS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from nst_core import images
 from nst_core.params import StyleParams
 from nst_core.transfer import Pair, stylize
-
-BASELINE_EVALUATIONS = 300
 
 
 def main() -> None:
@@ -30,7 +28,7 @@ def main() -> None:
     started = time.perf_counter()
     if mode == "baseline":
         content_t, style_t = tensors(content, style, size)
-        raw_image, raw = run_baseline(content_t, style_t, params, BASELINE_EVALUATIONS)
+        raw_image, raw = run_baseline(content_t, style_t, params, EVALUATIONS)
         image = images.to_tensor(images.to_image(raw_image))  # 8-bit, as the engine's output
         trace = [(seconds, loss) for seconds, _, loss in raw]
         evaluations = len(raw)
