@@ -350,8 +350,8 @@ def run(
         help="Split the pending jobs into N child runs of the adhoc deployment (needs a "
         "Prefect server with workers: PREFECT_API_URL).",
     ),
-    shard_timeout: float = typer.Option(
-        24 * 3600, "--shard-timeout", min=1, help="Seconds to wait for the shards."
+    shard_timeout: float | None = typer.Option(
+        None, "--shard-timeout", min=1, help="Seconds to wait for the shards [a day]."
     ),
 ) -> None:
     """Run the batch flow in this process (Prefect's embedded server unless PREFECT_API_URL).
@@ -384,7 +384,8 @@ def run(
         dry_run=dry_run,
         task_runner=task_runner,
         shards=shards,
-        shard_timeout_s=shard_timeout,
+        # Unset, the flow's own default applies: one place says how long a batch may take.
+        **({"shard_timeout_s": shard_timeout} if shard_timeout else {}),
         return_state=True,
     )
     if not state.is_completed():
@@ -425,7 +426,7 @@ def demo() -> None:
         dry_run=False,
         task_runner=None,
         shards=1,
-        shard_timeout=24 * 3600,
+        shard_timeout=None,
     )
 
 
