@@ -79,6 +79,14 @@ def prefect(stack: LocalStack, *args: str, timeout: float = DEADLINE_S):
     )
 
 
+def deployment_run(
+    stack: LocalStack, deployment: str, *args: str, watch: bool = True, timeout=DEADLINE_S
+):
+    """`prefect deployment run DEPLOYMENT ARGS`, by default waiting for the run to end."""
+    watching = ("--watch", "--watch-interval", "1") if watch else ()
+    return prefect(stack, "deployment", "run", deployment, *args, *watching, timeout=timeout)
+
+
 def completed_records(prefix: str) -> list[dict]:
     found = [
         json.loads(storage.read_bytes(uri))
@@ -90,18 +98,8 @@ def completed_records(prefix: str) -> list[dict]:
 
 def test_adhoc_deployment_run_stylises_a_bucket_manifest(stack, s3_bucket):
     uri = write_batch(f"{s3_bucket}/team", MANIFEST)
-    run = prefect(
-        stack,
-        "deployment",
-        "run",
-        "stylize-batch/adhoc",
-        "-p",
-        f"manifest={uri}",
-        "-p",
-        'params={"iterations": 3}',
-        "--watch",
-        "--watch-interval",
-        "1",
+    run = deployment_run(
+        stack, "stylize-batch/adhoc", "-p", f"manifest={uri}", "-p", 'params={"iterations": 3}'
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Completed" in run.stdout
@@ -123,17 +121,7 @@ def test_inbox_deployment_files_good_and_broken_manifests(stack, s3_bucket):
     storage.write_bytes(f"{inbox}/broken.yaml", b"version: 1\noutput: out\ncolour: red\n")
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
-        tick = prefect(
-            stack,
-            "deployment",
-            "run",
-            "watch-inbox/inbox",
-            "-p",
-            f"inbox={inbox}",
-            "--watch",
-            "--watch-interval",
-            "1",
-        )
+        tick = deployment_run(stack, "watch-inbox/inbox", "-p", f"inbox={inbox}")
         assert tick.returncode == 0, tick.stdout[-3000:] + tick.stderr[-3000:]
         if storage.glob(f"{inbox}/done/good.*.yaml"):
             break
@@ -217,16 +205,8 @@ def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_buc
     assert sorted(done) == sorted(set(done)) and len(done) == 4, done
 
     # A shard run again (as a retry would) finds its jobs done and stylises nothing.
-    retry = prefect(
-        stack,
-        "deployment",
-        "run",
-        "stylize-batch/adhoc",
-        "--params",
-        json.dumps(first["parameters"]),
-        "--watch",
-        "--watch-interval",
-        "1",
+    retry = deployment_run(
+        stack, "stylize-batch/adhoc", "--params", json.dumps(first["parameters"])
     )
     assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
     runs = api(stack, "flow_runs/filter", {"flow_runs": {"name": {"any_": [first["name"]]}}})
@@ -260,8 +240,6 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_rerun_finishes(stack, s3_
 
     uri = write_batch(f"{s3_bucket}/killed", MANIFEST)
     run = [
-        "deployment",
-        "run",
         "stylize-batch/adhoc",
         "-p",
         f"manifest={uri}",
@@ -270,7 +248,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_rerun_finishes(stack, s3_
         "--job-variable",
         'env={"NST_MEMORY_BUDGET_GB": "0.000001"}',  # one job per unit: records one by one
     ]
-    assert prefect(stack, *run).returncode == 0
+    assert deployment_run(stack, *run, watch=False).returncode == 0
     deadline = time.monotonic() + DEADLINE_S
     while not completed_records(f"{s3_bucket}/killed/out") and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -286,7 +264,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_rerun_finishes(stack, s3_
         assert storage.read_bytes(record["output"]).startswith(b"\x89PNG")
     stack._save(stack.running() | {name: stack.start_worker(name)})
 
-    rerun = prefect(stack, *run, "--watch", "--watch-interval", "1", timeout=DEADLINE_S + 120)
+    rerun = deployment_run(stack, *run, timeout=DEADLINE_S + 120)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     after = {r["key"]: r for r in completed_records(f"{s3_bucket}/killed/out")}
     assert len(after) == 4
