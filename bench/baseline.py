@@ -3,7 +3,8 @@
 One pair at a time, fp32, NCHW, `torch.optim.LBFGS` with its defaults (no line search,
 20 iterations per step), the image clamped inside the closure, content at relu4_2, style at
 relu1_1..relu5_1, and a fixed number of loss evaluations. It uses the engine's weights source
-and loss definitions, so the two optimise the same objective. It lives in bench/ only.
+and loss definitions, so the two optimise the same objective, but computes its Grams the
+tutorial's way, through autograd. It lives in bench/ only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,29 @@ import time
 
 import torch
 
-from nst_core.losses import content_loss, gram, style_loss
+from nst_core.losses import content_loss
 from nst_core.params import StyleParams
 from nst_core.vgg import load_vgg
 
 # The tutorial's budget: the baseline's loss evaluations per image in every benchmark.
 EVALUATIONS = 300
+
+
+def tutorial_gram(features: torch.Tensor) -> torch.Tensor:
+    """The tutorial's Gram, F F^T / (C*H*W), differentiated by autograd: the engine's has a
+    hand-written backward (losses.py), which would make this baseline faster than one a user
+    writes from the tutorial."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def tutorial_style_loss(features, targets, weights) -> torch.Tensor:
+    """losses.style_loss with tutorial_gram: the same values, the tutorial's backward."""
+    return sum(
+        weight * (tutorial_gram(features[name]) - targets[name]).square().mean()
+        for name, weight in weights.items()
+    )
 
 
 def run_baseline(
@@ -29,7 +47,7 @@ def run_baseline(
     with torch.no_grad():
         content_targets = {n: vgg(content)[n] for n in params.content_layers}
         style_feats = vgg(style)
-        style_targets = {n: gram(style_feats[n]) for n in params.style_layers}
+        style_targets = {n: tutorial_gram(style_feats[n]) for n in params.style_layers}
     weights = params.layer_weights()
     image = content.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([image])
@@ -47,7 +65,7 @@ def run_baseline(
             optimizer.zero_grad()
             feats = vgg(image)
             loss = params.content_weight * content_loss(feats, content_targets).sum()
-            loss = loss + params.style_weight * style_loss(feats, style_targets, weights).sum()
+            loss = loss + params.style_weight * tutorial_style_loss(feats, style_targets, weights)
             loss.backward()
             calls[0] += 1
             trace.append((time.perf_counter() - started, calls[0], loss.item()))

@@ -20,18 +20,20 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C): F F^T with F the (C, H*W) flattening, divided by C*H*W."""
     b, c, h, w = features.shape
     with torch.autocast(features.device.type, enabled=False):
-        if features.dtype == torch.bfloat16:
-            # (B, HW, C) rows: a view, not a copy, of the channels_last features the engine
-            # makes. bf16 x bf16 products are exact in fp32 and the sums are fp32, so no
-            # fp32 copy of the features is needed; see the module docstring for the cost.
-            rows = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            return _Bf16Gram.apply(rows) / (c * h * w)
-        flat = features.float().reshape(b, c, h * w)
-        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+        if features.dtype != torch.bfloat16:
+            features = features.float()
+        # (B, HW, C) rows: a view, not a copy, in either memory layout (contiguous rows for
+        # the channels_last features the engine makes). bf16 x bf16 products are exact in
+        # fp32 and the sums are fp32, so bf16 features need no fp32 copy either.
+        rows = features.flatten(2).transpose(1, 2)
+        return _Gram.apply(rows) / (c * h * w)
 
 
 def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """bf16 operands, fp32 result: one GEMM with fp32 accumulation where the backend has it."""
+    """a @ b with an fp32 result; bf16 operands multiply in one GEMM with fp32 accumulation
+    where the backend has it."""
+    if a.dtype != torch.bfloat16:
+        return torch.bmm(a, b)
     if a.device.type == "cuda" and _cuda_bmm_has_out_dtype():
         return torch.bmm(a, b, out_dtype=torch.float32)
     return torch.bmm(a.float(), b.float())
@@ -48,12 +50,16 @@ def _cuda_bmm_has_out_dtype() -> bool:
     return True
 
 
-class _Bf16Gram(torch.autograd.Function):
-    """R^T R for bf16 rows R (B, HW, C), with a backward torch's bmm(out_dtype) lacks.
+class _Gram(torch.autograd.Function):
+    """R^T R for rows R (B, HW, C), fp32 or bf16, with a backward that uses the symmetry.
 
-    The gradient R (dG + dG^T) takes dG (fp32) as a bf16 pair, high + low, so it keeps about
-    16 bits of dG at the cost of a second GEMM; the result is rounded to bf16 once, as the
-    fp32 path's cast back to the features' dtype does.
+    Autograd of R^T R would run two GEMMs (dG^T R and dG R) and add them, and hand back the
+    gradient in a (B, C, HW) layout that the channels_last network then has to add to its
+    own. R (dG + dG^T) is one GEMM whose result has the rows' layout: 13% less time per
+    evaluation at 256 px on the 2-core CPU (BENCHMARKS.md, levers). The bf16 path needs a
+    hand-written backward anyway, as torch's bmm(out_dtype) has no derivative. There, dG
+    (fp32) goes in as a bf16 pair, high + low, which keeps about 16 bits of dG at the cost
+    of a second GEMM; the result is rounded to bf16 once, as autograd's cast back would.
     """
 
     @staticmethod
@@ -65,6 +71,8 @@ class _Bf16Gram(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (rows,) = ctx.saved_tensors
         sym = grad + grad.transpose(1, 2)
+        if rows.dtype != torch.bfloat16:
+            return torch.bmm(rows, sym.to(rows.dtype))
         high = sym.to(torch.bfloat16)
         low = (sym - high.float()).to(torch.bfloat16)
         return (_bmm_fp32(rows, high) + _bmm_fp32(rows, low)).to(rows.dtype)

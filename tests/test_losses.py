@@ -80,3 +80,21 @@ def test_bf16_gram_is_the_fp32_gram_of_the_same_values_and_so_is_its_gradient():
     assert fast.grad.dtype == torch.bfloat16
     rounding = (exact.grad.bfloat16().float() - exact.grad).norm()
     assert (fast.grad.float() - exact.grad).norm() <= 1.5 * rounding
+
+
+def test_gram_gradient_is_autograds_of_the_formula_and_keeps_the_features_layout():
+    # The Gram's hand-written backward must give what autograd gives for F F^T / (C*H*W),
+    # for either memory layout; for channels_last features (the engine's) the gradient must
+    # come back channels_last, which is what makes it cheaper than autograd's.
+    torch.manual_seed(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        features = torch.randn(2, 6, 5, 7).contiguous(memory_format=layout).requires_grad_(True)
+        reference = features.detach().double().requires_grad_(True)
+        flat = reference.reshape(2, 6, 35)
+        expected = torch.bmm(flat, flat.transpose(1, 2)) / (6 * 35)
+        upstream = torch.randn(2, 6, 6, dtype=torch.float64)
+        (gram(features) * upstream.float()).sum().backward()
+        (expected * upstream).sum().backward()
+        torch.testing.assert_close(gram(features.detach()).double(), expected.detach())
+        torch.testing.assert_close(features.grad.double(), reference.grad, rtol=1e-5, atol=1e-6)
+        assert features.grad.is_contiguous(memory_format=layout)
