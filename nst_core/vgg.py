@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from nst_core.errors import WeightsError
-from nst_core.layers import CONV_NAMES, LAYER_INDEX
+from nst_core.layers import CONV_NAMES, LAYER_INDEX, LAYER_NAMES
 
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 # Caffe's per-channel means, already in RGB order because conv1_1 is flipped to take RGB.
@@ -32,6 +30,8 @@ CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_CHECKPOINT = "vgg19-dcbb9e9d.pth"
+# Output channels of each block's convolutions (VGG19, configuration "E").
+BLOCK_CHANNELS = (64, 128, 256, 512, 512)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ def caffe_state_dict() -> dict[str, torch.Tensor]:
 
 def torchvision_state_dict() -> dict[str, torch.Tensor]:
     """IMAGENET1K_V1 `features` weights from TORCH_HOME's cache, downloading when allowed."""
+    # Imported here, not at the top: importing torchvision costs every process 1.3 s (it
+    # pulls in torch._dynamo), and only this weight source needs it.
+    import torchvision
+
     weights = torchvision.models.VGG19_Weights.IMAGENET1K_V1
     try:
         full = weights.get_state_dict(progress=False, check_hash=False)
@@ -136,16 +140,9 @@ class VGGFeatures(nn.Module):
         self.preprocess = preprocess
         self._wanted = {LAYER_INDEX[name]: name for name in self.layers}
         deepest = max(self._wanted)
-        modules = []
-        # Only the feature layers: building all of vgg19() would initialise 120M unused
-        # classifier weights on every call.
-        for module in make_layers(cfgs["E"])[: deepest + 1]:
-            if isinstance(module, nn.ReLU):
-                module = nn.ReLU(inplace=False)
-            elif isinstance(module, nn.MaxPool2d) and pooling == "avg":
-                module = nn.AvgPool2d(kernel_size=2, stride=2)
-            modules.append(module)
-        self.features = nn.Sequential(*modules)
+        # Only the feature layers, numbered as in torchvision's vgg19().features so its
+        # state dicts load as they are.
+        self.features = nn.Sequential(*_feature_layers(deepest + 1, pooling))
         wanted_state = {k: v for k, v in state_dict.items() if int(k.split(".")[0]) <= deepest}
         try:
             self.features.load_state_dict(wanted_state, strict=True)
@@ -164,6 +161,24 @@ class VGGFeatures(nn.Module):
             if index in self._wanted:
                 out[self._wanted[index]] = x
         return out
+
+
+def _feature_layers(count: int, pooling: str) -> list[nn.Module]:
+    """The first `count` modules of VGG19's feature stack."""
+    modules: list[nn.Module] = []
+    channels = 3
+    for name in LAYER_NAMES[:count]:
+        if name.startswith("conv"):
+            out = BLOCK_CHANNELS[int(name[len("conv")]) - 1]
+            modules.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
+            channels = out
+        elif name.startswith("relu"):
+            modules.append(nn.ReLU())
+        elif pooling == "avg":
+            modules.append(nn.AvgPool2d(kernel_size=2, stride=2))
+        else:
+            modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return modules
 
 
 @functools.lru_cache(maxsize=4)

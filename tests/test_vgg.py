@@ -1,5 +1,7 @@
 import importlib.resources
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,6 +60,25 @@ def test_layer_names_land_on_the_right_modules():
             assert isinstance(module, nn.ReLU) and not module.inplace, name
         else:
             assert isinstance(module, nn.MaxPool2d), name
+
+
+def test_feature_stack_is_torchvisions_vgg19_with_relus_not_in_place():
+    from torchvision.models.vgg import cfgs, make_layers
+
+    ours = vgg.load_vgg(("pool5",)).features
+    theirs = make_layers(cfgs["E"])
+    assert len(ours) == len(theirs)
+    for mine, reference in zip(ours, theirs, strict=True):
+        if isinstance(reference, nn.ReLU):
+            reference = nn.ReLU()
+        assert repr(mine) == repr(reference)
+
+
+def test_the_engine_does_not_import_torchvision():
+    # Importing torchvision costs every worker and CLI process over a second (BENCHMARKS.md).
+    code = "import sys, nst_core.transfer, nst_core.cli; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_one_forward_returns_each_requested_layer_with_its_own_values():
