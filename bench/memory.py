@@ -1,7 +1,10 @@
 """Does the planner's memory model (nst_core/units.py) predict measured peaks within 20%?
 
-CPU: each configuration runs in a fresh process; its peak RSS minus the RSS after the
-network and inputs are loaded is the batch's own peak. CUDA: torch's peak allocated bytes.
+Each configuration is first run once for one evaluation at its own shapes, so one-off
+costs are not counted: cuDNN's autotuning workspaces, oneDNN's primitives, the network and
+style targets. CPU: each configuration then runs in a fresh process whose peak RSS counter
+is restarted (/proc/self/clear_refs) after freed memory goes back to the OS; the batch's
+peak is that counter's rise. CUDA: torch's peak allocated bytes.
 
     python -m bench.memory                 # CPU grid that fits this machine
     python -m bench.memory --device cuda   # the full grid, 128-1024 px x batch 1-16
@@ -9,8 +12,10 @@ network and inputs are loaded is the batch's own peak. CUDA: torch's peak alloca
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
-import resource
 import subprocess
 import sys
 from dataclasses import replace
@@ -35,29 +40,21 @@ def one(size: int, batch: int, device: str, precision: str = "fp32") -> dict:
     params = StyleParams(size=size, iterations=4, device=device, precision=precision)
     content, style = demo.town(size * 4 // 3 + 1, size), demo.swirls(size, size)
     pairs = [Pair(content, [style], params) for _ in range(batch)]
-    if device.startswith("cuda"):
-        # Warm up at the measured shapes: cuDNN's one-off autotuning tries algorithms with
-        # workspaces of up to all free memory (it skips those that do not fit), which is
-        # not the batch's own need.
-        stylize_batch(
-            [replace(p, params=params.model_copy(update={"iterations": 1})) for p in pairs]
-        )
-    else:
-        # Warm up at a tiny size: loads the network and libraries without touching the peak
-        # (RSS's peak is the process's, so a full-size warm-up would set it).
-        warm = params.model_copy(update={"iterations": 1, "size": 32})
-        stylize_batch([Pair(demo.town(43, 32), [demo.swirls(32, 32)], warm)])
+    # Warm up at the measured shapes: cuDNN's one-off autotuning tries algorithms with
+    # workspaces of up to all free memory (it skips those that do not fit), and oneDNN
+    # builds and caches its primitives per shape; neither is the batch's own need.
+    stylize_batch([replace(p, params=params.model_copy(update={"iterations": 1})) for p in pairs])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_now()
+        base = _restart_rss_peak()
     result = stylize_batch(pairs)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _status_bytes("VmHWM") - base
     width, height = fit_size(*content.size, size)
     resolved = params.model_copy(update={"precision": result[0].precision})
     predicted = estimate_bytes(width, height, resolved, batch=batch)
@@ -72,9 +69,24 @@ def one(size: int, batch: int, device: str, precision: str = "fp32") -> dict:
     }
 
 
-def _rss_now() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def _restart_rss_peak() -> int:
+    """Give freed memory back to the OS and restart the kernel's peak RSS; the RSS now.
+
+    Without the trim, glibc keeps the warm-up's freed heap resident and the measured run
+    reuses it without raising RSS, so its peak would read low.
+    """
+    gc.collect()
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (VmHWM) to now
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field: str) -> int:
+    """A `kB` line of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from nst_core.params import StyleParams
 NETWORK_BYTES_PER_PIXEL = {"fp32": 3_500, "bf16": 2_300}
 # Per batch, whatever its size: the network's weights in use, the style targets and the
 # library workspaces. Dominant only for small batches (128 px x 1 measured 63 MB on the
-# H200 and 65 MB on the CPU, against 33 and 47 MB from the per-pixel terms alone).
+# H200 and 67-70 MB on the CPU, against 33 and 47 MB from the per-pixel terms alone).
 FIXED_BYTES = 20 * 2**20
 DEFAULT_CPU_BUDGET_GB = 4.0
 MAX_BATCH = 16
