@@ -63,7 +63,7 @@ def gflop_per_image_iteration(width: int, height: int) -> float:
 
 
 def gram_fp32_path(features: torch.Tensor) -> torch.Tensor:
-    """The Gram as it was before the bf16 path: an fp32 copy of the features, fp32 GEMM."""
+    """The Gram before the bf16 path: on an fp32 copy of the features, one fp32 GEMM."""
     return gram(features.float())
 
 

@@ -72,7 +72,7 @@ class _Gram(torch.autograd.Function):
         (rows,) = ctx.saved_tensors
         sym = grad + grad.transpose(1, 2)
         if rows.dtype != torch.bfloat16:
-            return torch.bmm(rows, sym.to(rows.dtype))
+            return torch.bmm(rows, sym)
         high = sym.to(torch.bfloat16)
         low = (sym - high.float()).to(torch.bfloat16)
         return (_bmm_fp32(rows, high) + _bmm_fp32(rows, low)).to(rows.dtype)
