@@ -37,6 +37,7 @@ from nst_core import jobs, report, runner, storage, units
 from nst_core.devices import devices_for
 from nst_core.errors import NstError
 from nst_core.manifest import load_plan
+from nst_core.roots import Roots
 from nst_core.transfer import GramCache
 
 # Style Grams are reused across the units of a process (keyed by the style bytes' hash).
@@ -155,6 +156,9 @@ def stylize_batch(
     only_jobs: list[str] | None = None,
     shard_name: str | None = None,
     done_after: str | None = None,
+    read_roots: list[str] | None = None,
+    write_roots: list[str] | None = None,
+    manifest_sha256: str | None = None,
 ) -> dict:
     """Stylise every job of MANIFEST (a path or s3:// URI) that is not done yet.
 
@@ -164,7 +168,9 @@ def stylize_batch(
     many child runs of `shard_deployment`, waits up to `shard_timeout_s` for them and writes
     one summary. `only_jobs`, `shard_name` and `done_after` are set by such a parent for its
     children: the child's job keys, its run name, and (for `force`) the time before which
-    a completed record does not count as done.
+    a completed record does not count as done. `read_roots` / `write_roots` confine what the
+    manifest may read and write (the inbox sets them); `manifest_sha256` refuses a manifest
+    that changed since whoever started the run validated it.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -172,7 +178,8 @@ def stylize_batch(
     runner_name = task_runner_name(task_runner)
     if shards < 1:
         raise NstError(f"shards: must be 1 or more, got {shards}")
-    plan = load_plan(manifest, overrides=params)
+    roots = Roots.of(read_roots, write_roots)
+    plan = load_plan(manifest, overrides=params, roots=roots, expect_sha256=manifest_sha256)
     all_jobs = _select(jobs.build_jobs(plan), only_jobs, plan.uri)
     # Each record is read once: it decides done-ness and, for skipped jobs, the summary line.
     # A sharded parent reads them even with `force`: it tells new records from old by them.
@@ -219,6 +226,9 @@ def stylize_batch(
                 "params": params,
                 "task_runner": task_runner,
                 "done_after": started_at if force else None,
+                "read_roots": read_roots,
+                "write_roots": write_roots,
+                "manifest_sha256": plan.sha256,
             },
             parent_id=str(flow_run.id),
             parent_name=flow_run.name,

@@ -1,12 +1,16 @@
 """The watch-inbox flow: turn manifests dropped into a bucket (or folder) into batch runs.
 
-Each tick (the `inbox` deployment runs it every minute):
+Each tick (the `inbox` deployment runs it every minute; its concurrency limit of one,
+CANCEL_NEW, cancels a tick that finds another running, so ticks missed while no worker ran
+are dropped instead of replayed one process each):
 1. settles earlier claims: a manifest whose batch run has ended is filed in done/ or
    failed/ with a JSON naming the flow run and its summary;
-2. claims every new manifest exactly once, validates it (an invalid one goes to failed/
-   with its errors) and starts one run of the `adhoc` deployment for it, without waiting,
-   so many manifests spread over many workers.
-The watcher itself never fails because of one bad file.
+2. claims every new manifest exactly once, validates it inside the inbox's read and write
+   roots (an invalid one, or one reaching outside them, goes to failed/ with its errors)
+   and starts one run of the `adhoc` deployment for it, pinned to the manifest's bytes and
+   held to the same roots, without waiting, so many manifests spread over many workers.
+Whoever can write the inbox writes everything this flow reads there: one bad object, claim
+or manifest is logged and skipped, and never stops the others or the next tick.
 """
 
 from __future__ import annotations
@@ -20,86 +24,101 @@ from prefect.runtime import flow_run
 
 from flows.shards import ADHOC
 from nst_core import inbox as drop_box
-from nst_core import jobs, storage
-from nst_core.errors import NstError
 from nst_core.manifest import ManifestError, load_plan
+from nst_core.roots import Roots
 
 # A claim that never got its flow run (its watcher died) is released after this long.
 STALE_CLAIM = timedelta(minutes=10)
 
 
 @flow(name="watch-inbox", log_prints=False)
-def watch_inbox(inbox: str, deployment: str = ADHOC) -> dict:
-    """Settle finished batches, then claim and start the new manifests under `inbox`."""
+def watch_inbox(
+    inbox: str,
+    deployment: str = ADHOC,
+    read_roots: list[str] | None = None,
+    write_roots: list[str] | None = None,
+) -> dict:
+    """Settle finished batches, then claim and start the new manifests under `inbox`.
+
+    Manifests may read only under `read_roots` and write only under `write_roots` (by
+    default the inbox's own bucket, or a local inbox folder's parent folder).
+    """
     logger = get_run_logger()
+    roots = drop_box.roots_for(inbox, read_roots, write_roots)
     settled = _settle(inbox, logger)
     started, rejected = [], []
     me = str(flow_run.id)
     for manifest in drop_box.list_manifests(inbox):
         try:
-            if not drop_box.claim(manifest, me):
+            claim_id = drop_box.claim(manifest, me)
+            if claim_id is None:
                 continue  # another watcher has it, or its batch is running
-            outcome = _start(manifest, deployment, logger)
+            outcome = _start(manifest, claim_id, deployment, roots, logger)
             (started if outcome == "started" else rejected).append(manifest)
         except Exception as exc:  # one bad file never stops the watcher
             logger.error("%s: %s", manifest, exc)
     return {"started": started, "rejected": rejected, "settled": settled}
 
 
-def _start(manifest: str, deployment: str, logger) -> str:
+def _start(manifest: str, claim_id: str, deployment: str, roots: Roots, logger) -> str:
     try:
-        plan = load_plan(manifest)
+        plan = load_plan(manifest, roots=roots)
     except ManifestError as exc:
-        drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems})
+        drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems}, claim_id)
         logger.warning("%s: invalid, filed in failed/ (%d problems)", manifest, len(exc.problems))
         return "rejected"
-    sha = jobs.sha256(storage.read_bytes(manifest))
     run = run_deployment(
         deployment,
-        parameters={"manifest": manifest},
+        parameters={
+            "manifest": manifest,
+            # The run reads the manifest again: it must be these bytes, within these roots.
+            "manifest_sha256": plan.sha256,
+            "read_roots": list(roots.read or ()),
+            "write_roots": list(roots.write or ()),
+        },
         timeout=0,
         as_subflow=False,
         # A second watcher that somehow got here too would get this same run back.
-        idempotency_key=f"inbox:{manifest}:{sha}",
+        idempotency_key=f"inbox:{manifest}:{plan.sha256}",
     )
-    drop_box.record_run(manifest, str(run.id), run.name)
+    drop_box.record_run(manifest, str(run.id), run.name, plan.output)
     logger.info("%s: %s started as %s (%s)", manifest, plan.summary(), run.name, deployment)
     return "started"
 
 
 def _settle(inbox_uri: str, logger) -> list[str]:
     settled = []
+    claims, foreign = drop_box.list_claims(inbox_uri)
+    for line in foreign:
+        logger.warning("%s", line)
     with get_client(sync_client=True) as client:
-        for claim in drop_box.list_claims(inbox_uri):
-            manifest = claim["manifest"]
+        for claim in claims:
             try:
-                if "flow_run_id" not in claim:
-                    claimed = datetime.fromisoformat(claim["claimed_at"])
-                    if datetime.now(UTC) - claimed > STALE_CLAIM:
-                        drop_box.release(manifest)
+                if claim.flow_run_id is None:
+                    if datetime.now(UTC) - claim.claimed_at > STALE_CLAIM:
+                        drop_box.release(claim.manifest)
                     continue
-                run = client.read_flow_run(claim["flow_run_id"])
+                run = client.read_flow_run(claim.flow_run_id)
                 if not run.state or not run.state.is_final():
                     continue
                 outcome = drop_box.DONE if run.state.is_completed() else drop_box.FAILED
-                drop_box.file_away(manifest, outcome, _run_details(manifest, run))
-                settled.append(manifest)
-                logger.info("%s: %s, filed in %s/", manifest, run.state.name, outcome)
+                drop_box.file_away(
+                    claim.manifest, outcome, _run_details(claim, run), claim.claim_id
+                )
+                settled.append(claim.manifest)
+                logger.info("%s: %s, filed in %s/", claim.manifest, run.state.name, outcome)
             except Exception as exc:  # one bad claim never stops the watcher
-                logger.error("%s: cannot settle its claim: %s", manifest, exc)
+                logger.error("%s: cannot settle its claim: %s", claim.uri, exc)
     return settled
 
 
-def _run_details(manifest: str, run) -> dict:
+def _run_details(claim: drop_box.Claim, run) -> dict:
     details = {
         "flow_run_id": str(run.id),
         "flow_run_name": run.name,
         "state": run.state.name,
         "message": run.state.message,
     }
-    try:
-        output = load_plan(manifest).output
-        details["summary"] = f"{output}/_runs/{run.name}/summary.json"
-    except NstError:
-        pass  # the manifest changed or vanished since; the run id still says everything
+    if claim.output:  # recorded at the start: the manifest may have changed since
+        details["summary"] = f"{claim.output}/_runs/{run.name}/summary.json"
     return details

@@ -283,17 +283,31 @@ def _parse_overrides(pairs: list[str] | None) -> dict:
 
 
 MAX_JOBS_HELP = "Refuse manifests that expand to more jobs than this."
+READ_ROOT_HELP = (
+    "Inputs must lie under this folder or s3:// prefix (repeatable); default: anywhere."
+)
+WRITE_ROOT_HELP = (
+    "The output must lie under this folder or s3:// prefix (repeatable); default: anywhere."
+)
+
+
+def _roots(read_root: list[str] | None, write_root: list[str] | None):
+    from nst_core.roots import Roots
+
+    return Roots.of(read_root or None, write_root or None)
 
 
 @app.command()
 def validate(
     manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
     max_jobs: int = typer.Option(10_000, help=MAX_JOBS_HELP),
+    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """Check a manifest; print OK with its job count, or every problem (exit 2)."""
     from nst_core.manifest import load_plan
 
-    plan = load_plan(manifest, max_jobs=max_jobs)
+    plan = load_plan(manifest, max_jobs=max_jobs, roots=_roots(read_root, write_root))
     typer.echo(f"OK: {plan.summary()}")
 
 
@@ -302,13 +316,19 @@ def plan(
     manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
     max_jobs: int = typer.Option(10_000, help=MAX_JOBS_HELP),
+    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """List every job of a manifest as done or pending, with its output URI, and totals."""
     from nst_core import jobs
     from nst_core.manifest import load_plan
 
     loaded = load_plan(
-        manifest, overrides=_parse_overrides(param), overrides_label="--param", max_jobs=max_jobs
+        manifest,
+        overrides=_parse_overrides(param),
+        overrides_label="--param",
+        max_jobs=max_jobs,
+        roots=_roots(read_root, write_root),
     )
     done = 0
     all_jobs = jobs.build_jobs(loaded)
@@ -353,6 +373,8 @@ def run(
     shard_timeout: float | None = typer.Option(
         None, "--shard-timeout", min=1, help="Seconds to wait for the shards [a day]."
     ),
+    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """Run the batch flow in this process (Prefect's embedded server unless PREFECT_API_URL).
 
@@ -362,7 +384,9 @@ def run(
     from nst_core.manifest import load_plan
 
     overrides = _parse_overrides(param)
-    load_plan(manifest, overrides=overrides, overrides_label="--param")  # exit 2 before Prefect
+    roots = _roots(read_root, write_root)
+    # Exit 2 before Prefect starts.
+    load_plan(manifest, overrides=overrides, overrides_label="--param", roots=roots)
     task_runner_name(task_runner)  # exit 2 on an unknown runner, before Prefect starts
     if shards > 1 and not os.environ.get("PREFECT_API_URL"):
         raise NstError(
@@ -384,6 +408,8 @@ def run(
         dry_run=dry_run,
         task_runner=task_runner,
         shards=shards,
+        read_roots=list(roots.read) if roots.read is not None else None,
+        write_roots=list(roots.write) if roots.write is not None else None,
         # Unset, the flow's own default applies: one place says how long a batch may take.
         **({"shard_timeout_s": shard_timeout} if shard_timeout else {}),
         return_state=True,
@@ -427,6 +453,8 @@ def demo() -> None:
         task_runner=None,
         shards=1,
         shard_timeout=None,
+        read_root=None,
+        write_root=None,
     )
 
 

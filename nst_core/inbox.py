@@ -9,21 +9,59 @@ Layout under the inbox prefix:
 
 A manifest stays where it was dropped while its batch runs, so its relative URIs still
 resolve; a watcher that sees it meanwhile finds the claim and leaves it alone.
+
+Everything under the prefix is written by whoever can write the inbox, so nothing found
+there is trusted: a claim counts only when it is well-formed, small, and about a manifest
+of this inbox under its own name; anything else is reported and left alone. The inbox's
+manifests read and write only inside its roots (`roots_for`), never its own folders.
 No Prefect here; flows/watch.py orchestrates.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from nst_core import storage
+from nst_core.roots import Roots
 
 CLAIMS, DONE, FAILED = ".claims", "done", "failed"
+MAX_CLAIM_BYTES = 64 * 1024  # a claim is a few hundred bytes; anything bigger is not ours
+
+
+class Claim(BaseModel):
+    """A claim's JSON body, as the watcher writes it."""
+
+    model_config = ConfigDict(extra="ignore")
+    manifest: str
+    owner: str
+    claimed_at: datetime
+    claim_id: str = ""
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    started_at: datetime | None = None
+    output: str | None = None  # the batch's output folder, as validated at the start
+    uri: str = ""  # where the claim itself lies (not stored)
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def roots_for(inbox: str, read: list[str] | None = None, write: list[str] | None = None) -> Roots:
+    """The roots an inbox's manifests run under: by default the inbox's own bucket (for a
+    local inbox folder, its parent folder); never the inbox itself or its control folders."""
+    inbox = inbox.rstrip("/")
+    home = _bucket(inbox) if storage.is_s3(inbox) else storage.parent(inbox)
+    reserved = [f"{inbox}/{folder}" for folder in (CLAIMS, DONE, FAILED)]
+    return Roots.of(read=read or [home], write=write or [home], reserved=reserved)
+
+
+def _bucket(uri: str) -> str:
+    return storage.S3_PREFIX + uri[len(storage.S3_PREFIX) :].partition("/")[0]
 
 
 def list_manifests(inbox: str) -> list[str]:
@@ -37,28 +75,55 @@ def claim_uri(manifest: str) -> str:
     return f"{storage.parent(manifest)}/{CLAIMS}/{storage.name(manifest)}.json"
 
 
-def claim(manifest: str, owner: str) -> bool:
-    """Atomically claim `manifest` for `owner`; False when another watcher holds it."""
-    body = {"manifest": manifest, "owner": owner, "claimed_at": now()}
-    return storage.write_if_absent(claim_uri(manifest), json.dumps(body).encode())
+def claim(manifest: str, owner: str) -> str | None:
+    """Atomically claim `manifest` for `owner`: the claim's id, or None when another
+    watcher holds it. The id names the manifest's filing, so two manifests filed in one
+    second never collide."""
+    claim_id = secrets.token_hex(4)
+    body = {"manifest": manifest, "owner": owner, "claimed_at": now(), "claim_id": claim_id}
+    won = storage.write_if_absent(claim_uri(manifest), json.dumps(body).encode())
+    return claim_id if won else None
 
 
-def list_claims(inbox: str) -> list[dict]:
-    """Every claim under the inbox, with its own URI under `uri`."""
-    claims = []
+def list_claims(inbox: str) -> tuple[list[Claim], list[str]]:
+    """The inbox's claims, and one line for each object under .claims/ that is not one."""
+    claims, foreign = [], []
     for uri in storage.list_prefix(f"{inbox.rstrip('/')}/{CLAIMS}"):
         try:
-            claims.append({**json.loads(storage.read_bytes(uri)), "uri": uri})
-        except (storage.StorageError, ValueError):
-            continue  # vanished or half-visible: the next tick sees it whole
-    return claims
+            found = _read_claim(uri)
+        except storage.StorageError:
+            continue  # vanished since the listing: its owner filed it
+        if isinstance(found, str):
+            foreign.append(f"{uri}: {found}; left alone")
+        else:
+            claims.append(found)
+    return claims, foreign
 
 
-def record_run(manifest: str, flow_run_id: str, flow_run_name: str) -> None:
-    """Note on the claim which flow run processes the manifest."""
+def _read_claim(uri: str) -> Claim | str:
+    """The claim at `uri`, or why it is not one of ours."""
+    if storage.parent(uri).rpartition("/")[2] != CLAIMS or not uri.endswith(".json"):
+        return "not a claim (claims are .claims/NAME.json)"
+    if storage.size(uri) > MAX_CLAIM_BYTES:
+        return f"larger than a claim ({MAX_CLAIM_BYTES:,} bytes at most)"
+    try:
+        found = Claim.model_validate_json(storage.read_bytes(uri))
+    except ValidationError as exc:
+        return f"not a claim ({exc.error_count()} problems, e.g. {exc.errors()[0]['msg']})"
+    if claim_uri(found.manifest) != uri:
+        # A claim names its manifest; one naming another file (another bucket, say) would
+        # make the watcher move or delete that file when it settles.
+        return "a claim for a manifest that is not this inbox's own"
+    return found.model_copy(update={"uri": uri})
+
+
+def record_run(manifest: str, flow_run_id: str, flow_run_name: str, output: str) -> None:
+    """Note on the claim which flow run processes the manifest, and where it writes."""
     uri = claim_uri(manifest)
     body = json.loads(storage.read_bytes(uri))
-    body.update(flow_run_id=flow_run_id, flow_run_name=flow_run_name, started_at=now())
+    body.update(
+        flow_run_id=flow_run_id, flow_run_name=flow_run_name, started_at=now(), output=output
+    )
     storage.write_bytes(uri, json.dumps(body).encode())
 
 
@@ -66,21 +131,25 @@ def release(manifest: str) -> None:
     storage.delete(claim_uri(manifest))
 
 
-def file_away(manifest: str, outcome: str, details: dict) -> str:
+def file_away(manifest: str, outcome: str, details: dict, claim_id: str = "") -> str:
     """Move `manifest` to done/ or failed/ with `details` as JSON beside it; drop its claim.
 
-    Names get a timestamp, so a manifest dropped again under the same name never
-    overwrites an earlier one's record.
+    Names carry the time and the claim, and the JSON is created only if absent: a manifest
+    dropped again under the same name, or `x.yaml` and `x.yml` filed in the same second,
+    never overwrite an earlier one's record.
     """
     inbox = storage.parent(manifest)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = storage.name(manifest)
     stem, suffix = storage.stem(manifest), name[len(storage.stem(manifest)) :]
-    target = f"{inbox}/{outcome}/{stem}.{stamp}{suffix}"
-    details = {"manifest": manifest, "filed_as": target, "outcome": outcome, "at": now(), **details}
-    storage.write_bytes(
-        f"{inbox}/{outcome}/{stem}.{stamp}.json", json.dumps(details, indent=2).encode()
-    )
+    claim_id = claim_id or secrets.token_hex(4)
+    while True:
+        target = f"{inbox}/{outcome}/{stem}.{stamp}.{claim_id}{suffix}"
+        body = {"manifest": manifest, "filed_as": target, "outcome": outcome, "at": now()}
+        body |= details
+        if storage.write_if_absent(f"{target}.json", json.dumps(body, indent=2).encode()):
+            break
+        claim_id = secrets.token_hex(4)  # taken (a forged claim id?): another name
     if storage.exists(manifest):
         storage.move(manifest, target)
     release(manifest)

@@ -6,11 +6,15 @@ reading, a safe loader that rejects duplicate keys, and a budget on values and d
 on the parser's events before anything is built (an alias counts as all it expands to), so
 that YAML alias bombs, deep nesting and megabytes of tiny values fail fast instead of
 exhausting memory or time. URIs are checked before they are touched: no control characters,
-no `.` or `..` segments in S3 keys, and a manifest stored in S3 may not name local paths.
+no `.` or `..` segments in S3 keys, a manifest stored in S3 may not name local paths, and
+with read and write roots (nst_core/roots.py) every input and the output must lie inside them.
+A manifest from S3 or run with roots may name only the built-in VGG19 weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import re
 import stat
@@ -31,7 +35,8 @@ from pydantic import (
 
 from nst_core import storage
 from nst_core.errors import NstError, ParamsError
-from nst_core.params import StyleParams, format_validation_errors, parse_params
+from nst_core.params import BUILTIN_WEIGHTS, StyleParams, format_validation_errors, parse_params
+from nst_core.roots import Roots
 
 MAX_MANIFEST_BYTES = 1 << 20
 DEFAULT_MAX_JOBS = 10_000
@@ -319,6 +324,7 @@ class Plan:
     n_contents: int
     n_styles: int
     n_pair_jobs: int
+    sha256: str = ""  # of the manifest's bytes, as read
 
     def summary(self) -> str:
         return (
@@ -333,8 +339,14 @@ def load_plan(
     overrides: dict | None = None,
     overrides_label: str = "params",
     max_jobs: int = DEFAULT_MAX_JOBS,
+    roots: Roots | None = None,
+    expect_sha256: str | None = None,
 ) -> Plan:
-    """Read, validate and expand the manifest at `uri` (local path or s3://)."""
+    """Read, validate and expand the manifest at `uri` (local path or s3://).
+
+    `roots` limits what the manifest may read and write; `expect_sha256` refuses a manifest
+    whose bytes changed since someone validated it (the inbox pins what it checked).
+    """
     storage.check_uri(uri)
     try:
         if not storage.is_s3(uri) and _special_file(uri):  # /dev/zero never ends, a FIFO blocks
@@ -346,10 +358,21 @@ def load_plan(
         data = storage.read_bytes(uri)
     except storage.StorageError as exc:
         raise ManifestError([str(exc)]) from None
+    sha = hashlib.sha256(data).hexdigest()
+    if expect_sha256 and sha != expect_sha256:
+        raise ManifestError(
+            [f"{uri}: the manifest changed after it was validated; drop it again to run it"]
+        )
     manifest = parse_manifest(data, uri)
-    return expand(
-        manifest, uri, overrides=overrides, overrides_label=overrides_label, max_jobs=max_jobs
+    plan = expand(
+        manifest,
+        uri,
+        overrides=overrides,
+        overrides_label=overrides_label,
+        max_jobs=max_jobs,
+        roots=roots,
     )
+    return dataclasses.replace(plan, sha256=sha)
 
 
 def expand(
@@ -359,28 +382,37 @@ def expand(
     overrides: dict | None = None,
     overrides_label: str = "params",
     max_jobs: int = DEFAULT_MAX_JOBS,
+    roots: Roots | None = None,
 ) -> Plan:
     """Resolve URIs against the manifest's location, merge parameters, expand globs.
 
     Parameters merge in this order: built-in defaults, the manifest's `defaults`, the run's
-    `overrides` (flow or CLI), then a pair's own `params`, the most specific.
+    `overrides` (flow or CLI), then a pair's own `params`, the most specific. Every URI is
+    checked against `roots` before it is touched.
     """
+    roots = roots or Roots()
+    # A manifest from S3 or run with roots is confined: it may not name a weights file. The
+    # run's overrides are the operator's own and may.
+    confined = storage.is_s3(uri) or roots.restricted
     problems: list[str] = []
     base = storage.parent(uri)
     name = manifest.name or storage.stem(uri)
     if not re.match(NAME_PATTERN, name):
         problems.append(f"{uri}: name: the file stem {name!r} is not a valid batch name; set name")
 
-    def checked(patch: dict, where: str) -> dict | None:
+    def checked(patch: dict, where: str, from_manifest: bool = True) -> dict | None:
         """Each field's type and range, blamed on the key the user wrote."""
         found = patch_problems(patch, where)
+        weights = patch.get("weights")
+        if not found and from_manifest and confined and weights not in (None, *BUILTIN_WEIGHTS):
+            found = [_weights_problem(where)]
         problems.extend(f"{uri}: {p}" for p in found)
         return (
             None if found else StyleParamsPatch.model_validate(patch).model_dump(exclude_unset=True)
         )
 
     base_patch = checked(manifest.defaults, "defaults")
-    override_patch = checked(overrides or {}, overrides_label)
+    override_patch = checked(overrides or {}, overrides_label, from_manifest=False)
 
     def params_for(patch: dict, where: str) -> StyleParams | None:
         """Merged parameters; checks across fields (layer weights vs layers) run here."""
@@ -394,7 +426,7 @@ def expand(
             return None
 
     defaults = params_for({}, "defaults")
-    output = _resolve_output(manifest.output, name, base, uri, problems)
+    output = _resolve_output(manifest.output, name, base, uri, problems, roots)
 
     def resolve(entry: str, where: str) -> list[str]:
         try:
@@ -402,6 +434,9 @@ def expand(
             problem = _uri_problem(entry, uri)
             full = storage.join(base, entry) if problem is None else ""
             problem = problem or _key_problem(full)
+            if not problem:
+                check = roots.glob_problem if storage.has_glob(full) else roots.read_problem
+                problem = check(full)
             if problem:
                 problems.append(f"{uri}: {where}: {problem}")
                 return []
@@ -409,7 +444,10 @@ def expand(
                 matches = [m for m in storage.glob(full) if not _inside(m, output)]
                 if not matches:
                     problems.append(f"{uri}: {where}: glob {entry!r} matched no files")
-                return matches
+                # A link among the matches may point out of the roots.
+                escaped = [p for p in map(roots.read_problem, matches) if p]
+                problems.extend(f"{uri}: {where}: {p}" for p in escaped)
+                return [] if escaped else matches
             if not storage.exists(full):
                 problems.append(f"{uri}: {where}: no such file {entry!r} (looked for {full})")
                 return []
@@ -471,7 +509,9 @@ def expand(
     )
 
 
-def _resolve_output(output: str, name: str, base: str, uri: str, problems: list[str]) -> str:
+def _resolve_output(
+    output: str, name: str, base: str, uri: str, problems: list[str], roots: Roots
+) -> str:
     template = output.replace("{name}", name)
     if "{" in template or "}" in template:
         problems.append(
@@ -486,10 +526,18 @@ def _resolve_output(output: str, name: str, base: str, uri: str, problems: list[
     except storage.StorageError as exc:
         problems.append(f"{uri}: output: {exc.cause}")
         return template
-    problem = problem or _key_problem(full)
+    problem = problem or _key_problem(full) or roots.write_problem(full)
     if problem:
         problems.append(f"{uri}: output: {problem}")
     return full
+
+
+def _weights_problem(where: str) -> str:
+    """A weights file is loaded with torch on the worker: only its own user may name one."""
+    return (
+        f"{where}.weights: a manifest from S3 or run with read/write roots may name only the "
+        f"built-in weights ({', '.join(BUILTIN_WEIGHTS)}); weights files are for local runs"
+    )
 
 
 def _uri_problem(entry: str, manifest: str) -> str | None:
@@ -515,10 +563,8 @@ def _key_problem(uri: str) -> str | None:
     """S3 keys are names, not paths: AWS keeps `..` literally, SeaweedFS refuses such a key
     (InvalidRequest, so a batch would fail only when it writes) and tools that treat keys as
     paths resolve it out of the prefix. Refused here, before anything runs."""
-    if storage.is_s3(uri):
-        key = uri[len(storage.S3_PREFIX) :].partition("/")[2]
-        if any(segment in (".", "..") for segment in key.split("/")):
-            return f"S3 keys must not contain '.' or '..' segments, got {_short(uri)}"
+    if storage.has_dot_segment(uri):
+        return f"S3 keys must not contain '.' or '..' segments, got {_short(uri)}"
     return None
 
 

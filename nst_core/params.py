@@ -16,6 +16,8 @@ from nst_core.layers import LAYER_NAMES
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# Weight sources that name no file: the only ones an untrusted manifest may choose.
+BUILTIN_WEIGHTS = ("caffe", "torchvision")
 
 
 class StyleParams(BaseModel):

@@ -85,6 +85,14 @@ def _object(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def has_dot_segment(uri: str) -> bool:
+    """Whether an S3 URI's key has a `.` or `..` segment (S3 keeps them literally)."""
+    if not is_s3(uri):
+        return False
+    key = str(uri)[len(S3_PREFIX) :].partition("/")[2]
+    return any(segment in (".", "..") for segment in key.split("/"))
+
+
 def has_glob(uri: str) -> bool:
     return any(c in str(uri) for c in _GLOB_CHARS)
 

@@ -91,15 +91,21 @@ def torchvision_state_dict() -> dict[str, torch.Tensor]:
 
 
 def file_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A user's VGG19 state dict in torchvision's layout."""
+    """A user's VGG19 state dict in torchvision's layout.
+
+    Every failure reads the same: the unpickler's messages quote the file's bytes, and
+    telling a missing file from an unreadable one would let a manifest probe the disk.
+    """
+    unusable = WeightsError(
+        f"{path}: cannot load VGG19 weights from it (missing, unreadable or not a torch "
+        "state-dict file); give a state dict saved with torch.save, or caffe / torchvision"
+    )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: weights file not found") from None
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a torch state-dict file ({exc})") from None
+    except Exception:
+        raise unusable from None
     if not isinstance(raw, dict):
-        raise WeightsError(f"{path}: expected a state dict, found {type(raw).__name__}")
+        raise unusable
     return _features_only(raw)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from imagegen import scene, stripes
@@ -108,3 +109,54 @@ def prefect_server():
         yield PREFECT_API_URL.value()
         APILogWorker.drain_all(timeout=15)
         EventsWorker.drain_all(timeout=15)
+
+
+@pytest.fixture
+def fake_deployment(monkeypatch, prefect_server):
+    """run_deployment that records its calls and creates real (already finished) flow runs."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Failed, Running
+
+    @flow(name="stylize-batch")
+    def stand_in(
+        manifest: str,
+        manifest_sha256: str | None = None,
+        read_roots: list[str] | None = None,
+        write_roots: list[str] | None = None,
+    ):
+        return manifest
+
+    calls, run_ids, parameter_sets = [], [], []
+    outcome = {"state": Completed}
+
+    def run_deployment(name, parameters, **kwargs):
+        calls.append(parameters["manifest"])
+        parameter_sets.append(parameters)
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(
+                stand_in,
+                parameters=parameters,
+                name=f"batch-{uuid.uuid4().hex[:6]}",
+                state=outcome["state"](),
+            )
+        run_ids.append(run.id)
+        return SimpleNamespace(id=run.id, name=run.name)
+
+    def finish_all():
+        with get_client(sync_client=True) as client:
+            for run_id in run_ids:
+                client.set_flow_run_state(run_id, Completed(), force=True)
+
+    from flows import watch
+
+    monkeypatch.setattr(watch, "run_deployment", run_deployment)
+    return SimpleNamespace(
+        calls=calls,
+        parameters=parameter_sets,
+        run_ids=run_ids,
+        outcome=outcome,
+        Failed=Failed,
+        Running=Running,
+        finish_all=finish_all,
+    )

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from imagegen import write_batch
 
-from flows.stack import LocalStack
+from flows.stack import LocalStack, _stop
 from nst_core import storage
 
 MANIFEST = """version: 1
@@ -139,6 +140,50 @@ def test_inbox_deployment_files_good_and_broken_manifests(stack, s3_bucket):
     assert any("colour: Extra inputs are not permitted" in e for e in errors)
     assert storage.list_prefix(f"{inbox}/.claims") == []
     assert not storage.exists(f"{inbox}/good.yaml") and not storage.exists(f"{inbox}/broken.yaml")
+
+
+def test_missed_inbox_ticks_are_dropped_not_replayed_after_a_restart(stack, s3_bucket):
+    """Ticks come due while no worker runs (the stack is down for a while); when the stack is
+    back, one tick runs and the missed ones are cancelled by the deployment's concurrency
+    limit, not replayed one after another."""
+    inbox = f"{s3_bucket}/inbox"
+    for name, pid in stack.running().items():
+        if name.startswith("worker"):
+            _stop(pid, 20)
+    deployment = httpx.get(f"{stack.api_url}/deployments/name/watch-inbox/inbox", timeout=30)
+    deployment.raise_for_status()
+    now = datetime.now(UTC)
+    missed = [
+        api(
+            stack,
+            f"deployments/{deployment.json()['id']}/create_flow_run",
+            {
+                "parameters": {"inbox": inbox},
+                "state": {
+                    "type": "SCHEDULED",
+                    "name": "Scheduled",
+                    "state_details": {"scheduled_time": (now - timedelta(minutes=m)).isoformat()},
+                },
+            },
+        )["id"]
+        for m in range(6, 0, -1)
+    ]
+    stack.down()
+    stack.up()
+
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        runs = api(stack, "flow_runs/filter", {"flow_runs": {"id": {"any_": missed}}})
+        if all(run["state_type"] in ("COMPLETED", "CANCELLED", "FAILED") for run in runs):
+            break
+        time.sleep(1)
+    states = sorted(run["state_type"] for run in runs)
+    assert states == ["CANCELLED"] * 5 + ["COMPLETED"], [(r["name"], r["state"]) for r in runs]
+    ran = [run for run in runs if run["run_count"]]
+    detail = [(r["state"]["message"], r["start_time"], r["run_count"]) for r in runs]
+    assert len(ran) == 1, f"a missed tick was replayed: {detail}"
+    reasons = {r["state"]["message"] for r in runs if r["state_type"] == "CANCELLED"}
+    assert reasons == {"Deployment concurrency limit reached."}, detail
 
 
 def test_nightly_deployment_carries_the_cron_and_timezone_of_prefect_yaml(stack):

@@ -130,12 +130,15 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
         "NST_MEMORY_BUDGET_GB": "0.000001",  # one job per unit: records appear one by one
     }
     nst = [sys.executable, "-m", "nst_core.cli", "run", uri]
-    first = subprocess.Popen(
-        nst, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    log = tmp_path / "first.log"
+    with log.open("wb") as output:
+        first = subprocess.Popen(
+            nst, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 240
     while not job_records(str(tmp_path)) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.2)
+    assert first.poll() is None, f"the first run ended by itself:\n{log.read_text()[-3000:]}"
     os.killpg(first.pid, signal.SIGKILL)  # the run and its embedded server
     first.wait(timeout=30)
     done_before = set(job_records(str(tmp_path)))

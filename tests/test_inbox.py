@@ -2,9 +2,7 @@
 
 import json
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 from imagegen import png_bytes, scene, stripes
@@ -51,43 +49,6 @@ def drop_box(tmp_path):
     storage.write_bytes(f"{folder}/photos/a.png", png_bytes(scene(seed=1)))
     storage.write_bytes(f"{folder}/paintings/s.png", png_bytes(stripes(seed=1)))
     return str(folder)
-
-
-@pytest.fixture
-def fake_deployment(monkeypatch, prefect_server):
-    """run_deployment that records its calls and creates real (already finished) flow runs."""
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.states import Completed, Failed, Running
-
-    @flow(name="stylize-batch")
-    def stand_in(manifest: str):
-        return manifest
-
-    calls, run_ids = [], []
-    outcome = {"state": Completed}
-
-    def run_deployment(name, parameters, **kwargs):
-        calls.append(parameters["manifest"])
-        with get_client(sync_client=True) as client:
-            run = client.create_flow_run(
-                stand_in,
-                parameters=parameters,
-                name=f"batch-{uuid.uuid4().hex[:6]}",
-                state=outcome["state"](),
-            )
-        run_ids.append(run.id)
-        return SimpleNamespace(id=run.id, name=run.name)
-
-    def finish_all():
-        with get_client(sync_client=True) as client:
-            for run_id in run_ids:
-                client.set_flow_run_state(run_id, Completed(), force=True)
-
-    monkeypatch.setattr(watch, "run_deployment", run_deployment)
-    return SimpleNamespace(
-        calls=calls, outcome=outcome, Failed=Failed, Running=Running, finish_all=finish_all
-    )
 
 
 def test_two_watchers_at_once_start_each_manifest_once(drop_box, fake_deployment):

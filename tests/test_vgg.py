@@ -128,13 +128,24 @@ def test_state_dict_file_source_uses_torchvision_preprocessing(tmp_path):
     assert torch.equal(model.features[0].weight, state["features.0.weight"])
 
 
-def test_bad_state_dict_file_is_a_clear_error(tmp_path):
-    bad = tmp_path / "bad.pth"
-    bad.write_text("not weights")
-    with pytest.raises(WeightsError, match="not a torch state-dict file"):
-        vgg.load_vgg(("relu1_1",), str(bad))
-    with pytest.raises(WeightsError, match="not found"):
-        vgg.load_vgg(("relu1_1",), str(tmp_path / "missing.pth"))
+def test_an_unusable_weights_file_reads_the_same_whatever_is_wrong_and_never_quotes_it(tmp_path):
+    """Like /proc/self/environ named as weights: the error must not leak the file's bytes, nor
+    tell a missing file from an unreadable or foreign one."""
+    environ = tmp_path / "environ"
+    environ.write_bytes(b"SHELL=/bin/bash\x00AWS_SECRET_ACCESS_KEY=hunter2\x00")
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([1, 2, 3], not_a_dict)
+    folder = tmp_path / "folder.pth"
+    folder.mkdir()
+    messages = []
+    for path in (environ, not_a_dict, folder, tmp_path / "missing.pth"):
+        with pytest.raises(WeightsError) as caught:
+            vgg.load_vgg(("relu1_1",), str(path))
+        messages.append(str(caught.value).replace(str(path), "PATH"))
+    assert len(set(messages)) == 1, messages
+    assert messages[0].startswith("PATH: cannot load VGG19 weights")
+    assert "SHELL" not in messages[0] and "hunter2" not in messages[0]
+    assert "83" not in messages[0]  # the unpickler's "Unsupported operand 83" ('S')
 
 
 def test_min_side_follows_the_pools_before_the_deepest_layer():
