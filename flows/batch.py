@@ -107,6 +107,8 @@ def stylize_unit(
             )
         elif outcome.status == "failed":
             logger.error("failed %s: %s", outcome.job.label, outcome.error)
+        elif outcome.status == "elsewhere":
+            logger.info("left %s to the run that is computing it now", outcome.job.label)
 
     slot = (
         concurrency(
@@ -191,16 +193,18 @@ def stylize_batch(
     job_device = pending[0].params.device if pending else "cpu"
     device_list = devices_for(job_device)
     budget = units.memory_budget_bytes(device_list[0])
-    work = units.plan_units(pending, budget)
+    fitting, unfit = units.split_unfit(pending, budget)
+    work = units.plan_units(fitting, budget)
     shard_lists = sharding.split(work, shards) if shards > 1 else []
     logger.info(
-        "%s: %d jobs, %d done already, %d to run in %d units %s",
+        "%s: %d jobs, %d done already, %d to run in %d units %s%s",
         plan.uri,
         len(all_jobs),
         len(done),
         len(pending),
         len(work),
         f"over {len(shard_lists)} shards" if shard_lists else f"on {runner_name} runner",
+        f"; {len(unfit)} cannot fit the memory budget" if unfit else "",
     )
     if dry_run:
         return {
@@ -210,6 +214,7 @@ def stylize_batch(
             "pending": [j.output for j in pending],
             "units": [len(u) for u in work],
             "shards": [len(s) for s in shard_lists],
+            "cannot_fit": [j.output for j, _ in unfit],
         }
 
     entries = {
@@ -217,6 +222,12 @@ def stylize_batch(
         for j in all_jobs
         if j.key in done
     }
+    for job, need in unfit:  # failed alone, before any optimisation; the rest go on
+        outcome = runner.fail(job, units.unfit_reason(need, budget))
+        logger.error("failed %s: %s", job.label, outcome.error)
+        entries[job.key] = report.job_entry(
+            job, "failed", record=outcome.record, error=outcome.error
+        )
     if shard_lists:
         unfinished = sharding.run_shards(
             shard_lists,
@@ -254,13 +265,7 @@ def stylize_batch(
         except storage.StorageError as exc:
             unwritten = exc
             where = f"the flow run's artifacts (the summary could not be written: {exc})"
-    logger.info(
-        "%d completed, %d failed, %d skipped; summary in %s",
-        totals["completed"],
-        totals["failed"],
-        totals["skipped"],
-        where,
-    )
+    logger.info("%s; summary in %s", report.totals_line(totals), where)
     if totals["failed"]:
         raise BatchFailed(f"{totals['failed']} of {totals['jobs']} jobs failed; see {where}")
     if unwritten:
@@ -356,7 +361,7 @@ def _write_results(output: str, summary: dict, entries: list[dict]) -> str:
     storage.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2).encode())
     storage.write_bytes(f"{folder}/report.md", report.markdown_report(summary).encode())
     storage.write_bytes(f"{folder}/contact_sheet.jpg", report.contact_sheet(entries))
-    histories = [(e["label"], e["history"]) for e in entries if e["status"] != "failed"]
+    histories = [(e["label"], e["history"]) for e in entries if e["history"]]
     storage.write_bytes(f"{folder}/losses.png", report.loss_plot(histories))
     return folder
 

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nst_core.processes import alive
+
 REPO = Path(__file__).resolve().parent.parent
 POOL = "nst-gpu"
 
@@ -101,7 +103,7 @@ class LocalStack:
         if not self.pids_file.exists():
             return {}
         pids = json.loads(self.pids_file.read_text()).get("pids", {})
-        return {name: pid for name, pid in pids.items() if _alive(pid)}
+        return {name: pid for name, pid in pids.items() if alive(pid)}
 
     # -- the steps of `up` -----------------------------------------------------------------
     def start_server(self, timeout: float = 90) -> int:
@@ -111,7 +113,7 @@ class LocalStack:
         )
         deadline = time.monotonic() + timeout
         while not self.healthy():
-            if time.monotonic() > deadline or not _alive(pid):
+            if time.monotonic() > deadline or not alive(pid):
                 log = (self.home / "server.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"Prefect server did not become healthy:\n{log}")
             time.sleep(0.5)
@@ -161,21 +163,6 @@ class LocalStack:
         self.pids_file.write_text(json.dumps({"pids": pids, "url": self.url}))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
-
-
 def _stop(pid: int, timeout: float) -> None:
     """SIGTERM the process group, then SIGKILL it if it does not exit in time."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -185,7 +172,7 @@ def _stop(pid: int, timeout: float) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not alive(pid):
                 return
             time.sleep(0.2)
 

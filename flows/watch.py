@@ -1,8 +1,10 @@
 """The watch-inbox flow: turn manifests dropped into a bucket (or folder) into batch runs.
 
 Each tick (the `inbox` deployment runs it every minute; its concurrency limit of one,
-CANCEL_NEW, cancels a tick that finds another running, so ticks missed while no worker ran
-are dropped instead of replayed one process each):
+CANCEL_NEW, cancels a tick that finds another running):
+0. cancels the ticks of its inbox that are still waiting although their time has passed
+   (missed while no worker ran): this tick does their work. The limit alone lets a missed
+   tick through when it is proposed just after the previous one finished;
 1. settles earlier claims: a manifest whose batch run has ended is filed in done/ or
    failed/ with a JSON naming the flow run and its summary;
 2. claims every new manifest exactly once, validates it inside the inbox's read and write
@@ -19,8 +21,17 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from flows.shards import ADHOC
 from nst_core import inbox as drop_box
@@ -29,6 +40,7 @@ from nst_core.roots import Roots
 
 # A claim that never got its flow run (its watcher died) is released after this long.
 STALE_CLAIM = timedelta(minutes=10)
+MISSED_TICK = "a missed inbox tick, covered by"
 
 
 @flow(name="watch-inbox", log_prints=False)
@@ -45,6 +57,7 @@ def watch_inbox(
     """
     logger = get_run_logger()
     roots = drop_box.roots_for(inbox, read_roots, write_roots)
+    _drop_missed_ticks(inbox, logger)
     settled = _settle(inbox, logger)
     started, rejected = [], []
     me = str(flow_run.id)
@@ -122,3 +135,24 @@ def _run_details(claim: drop_box.Claim, run) -> dict:
     if claim.output:  # recorded at the start: the manifest may have changed since
         details["summary"] = f"{claim.output}/_runs/{run.name}/summary.json"
     return details
+
+
+def _drop_missed_ticks(inbox: str, logger) -> None:
+    """Cancel this deployment's ticks for the same inbox that still wait although their time
+    has passed: replaying them one by one would only start a process per missed minute."""
+    with get_client(sync_client=True) as client:
+        me = client.read_flow_run(flow_run.id)
+        if me.deployment_id is None:
+            return  # called directly, not from the inbox deployment
+        waiting = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
+            )
+        )
+        missed = [r for r in waiting if r.id != me.id and r.parameters.get("inbox") == inbox]
+        for run in missed:
+            client.set_flow_run_state(run.id, Cancelled(message=f"{MISSED_TICK} {me.name}"))
+    if missed:
+        logger.info("dropped %d missed ticks of this inbox", len(missed))

@@ -426,11 +426,15 @@ def run(
         )
         for output in summary["pending"]:
             typer.echo(f"pending  {output}")
+        for output in summary["cannot_fit"]:
+            typer.echo(f"would fail (over the memory budget)  {output}")
         return
+    from nst_core.report import totals_line
+
     totals, folder = summary["totals"], summary["run_folder"]
     typer.echo(
-        f"{totals['completed']} completed, {totals['failed']} failed, {totals['skipped']} skipped"
-        f" in {totals['wall_seconds']:.1f} s\nsummary:       {folder}/summary.json"
+        f"{totals_line(totals)} in {totals['wall_seconds']:.1f} s"
+        f"\nsummary:       {folder}/summary.json"
         f"\ncontact sheet: {folder}/contact_sheet.jpg"
     )
 

@@ -19,6 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from nst_core import storage
+from nst_core.limits import Limits
 from nst_core.params import StyleParams
 
 if TYPE_CHECKING:  # torch stays unimported for validate and plan
@@ -125,9 +126,11 @@ def build_jobs(plan: Plan) -> list[Job]:
     hashes: dict[str, str] = {}
     sizes: dict[str, tuple[int, int] | None] = {}
 
+    limit = Limits.current().max_input_bytes
+
     def sha_of(uri: str) -> str:
         if uri not in hashes:
-            data = storage.read_bytes(uri)
+            data = storage.read_bytes(uri, limit)
             hashes[uri] = sha256(data)
             sizes[uri] = probe_size(data)  # header only; lets the planner batch by size
         return hashes[uri]

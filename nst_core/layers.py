@@ -27,6 +27,12 @@ LAYER_NAMES: tuple[str, ...] = tuple(LAYER_INDEX)
 CONV_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
 
 
+def channels(name: str) -> int:
+    """Feature channels of a layer's output: 64, 128, 256, then 512 (from block 4 on)."""
+    block = int(name[4]) if name.startswith("pool") else int(name.split("_")[0][-1])
+    return min(64 * 2 ** (block - 1), 512)
+
+
 def pools_through(name: str) -> int:
     """How many 2x poolings the input has passed through once `name` has run."""
     return sum(1 for n, i in LAYER_INDEX.items() if n.startswith("pool") and i <= LAYER_INDEX[name])

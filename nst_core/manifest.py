@@ -35,6 +35,7 @@ from pydantic import (
 
 from nst_core import storage
 from nst_core.errors import NstError, ParamsError
+from nst_core.limits import Limits
 from nst_core.params import BUILTIN_WEIGHTS, StyleParams, format_validation_errors, parse_params
 from nst_core.roots import Roots
 
@@ -327,8 +328,16 @@ class Plan:
     sha256: str = ""  # of the manifest's bytes, as read
 
     def summary(self) -> str:
+        """`4 jobs (2 contents x 2 styles + 0 pairs)`; when some pairs ask for the same job,
+        `8 pairs, 5 distinct jobs (...)`, the count the run will do."""
+        distinct = len({(j.content, j.styles, j.params) for j in self.jobs})
+        count = (
+            f"{len(self.jobs)} jobs"
+            if distinct == len(self.jobs)
+            else f"{len(self.jobs)} pairs, {distinct} distinct jobs"
+        )
         return (
-            f"{len(self.jobs)} jobs ({self.n_contents} contents x {self.n_styles} styles"
+            f"{count} ({self.n_contents} contents x {self.n_styles} styles"
             f" + {self.n_pair_jobs} pairs)"
         )
 
@@ -391,6 +400,8 @@ def expand(
     checked against `roots` before it is touched.
     """
     roots = roots or Roots()
+    limits = Limits.current()
+    max_bytes = limits.max_input_bytes
     # A manifest from S3 or run with roots is confined: it may not name a weights file. The
     # run's overrides are the operator's own and may.
     confined = storage.is_s3(uri) or roots.restricted
@@ -441,17 +452,20 @@ def expand(
                 problems.append(f"{uri}: {where}: {problem}")
                 return []
             if storage.has_glob(full):
-                matches = [m for m in storage.glob(full) if not _inside(m, output)]
-                if not matches:
+                listed = storage.glob_sized(full, limits.max_glob_entries)
+                found = [(m, n) for m, n in listed if not _inside(m, output)]
+                if not found:
                     problems.append(f"{uri}: {where}: glob {entry!r} matched no files")
-                # A link among the matches may point out of the roots.
-                escaped = [p for p in map(roots.read_problem, matches) if p]
-                problems.extend(f"{uri}: {where}: {p}" for p in escaped)
-                return [] if escaped else matches
-            if not storage.exists(full):
-                problems.append(f"{uri}: {where}: no such file {entry!r} (looked for {full})")
-                return []
-            return [full]
+            else:
+                size = storage.size_if_exists(full)
+                if size is None:
+                    problems.append(f"{uri}: {where}: no such file {entry!r} (looked for {full})")
+                found = [] if size is None else [(full, size)]
+            # A link among glob matches may point out of the roots; any may be too big.
+            bad = [roots.read_problem(m) for m, _ in found] if storage.has_glob(full) else []
+            bad += [f"{m}: {storage.too_large(n, max_bytes)}" for m, n in found if n > max_bytes]
+            problems.extend(f"{uri}: {where}: {p}" for p in bad if p)
+            return [] if any(bad) else [m for m, _ in found]
         except storage.StorageError as exc:
             problems.append(f"{uri}: {where}: {exc.cause}")
             return []
@@ -471,6 +485,12 @@ def expand(
         params = params_for(pair.params, f"{where}.params")
         pair_contents = resolve(pair.content, f"{where}.content")
         refs = []
+        if len(pair.style) > limits.max_blend_styles:
+            problems.append(
+                f"{uri}: {where}.style: a blend of {len(pair.style):,} styles; the limit is "
+                f"{limits.max_blend_styles} (NST_MAX_BLEND_STYLES)"
+            )
+            continue  # not one of them is looked up
         for j, ref in enumerate(pair.style):
             found = resolve(ref.uri, f"{where}.style[{j}]")
             if len(found) > 1:

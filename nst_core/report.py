@@ -32,6 +32,18 @@ PALETTE = [
 ]
 
 
+# A job's status in a run: `elsewhere` is a job another run was computing at the time.
+STATUSES = ("completed", "failed", "skipped", "elsewhere")
+
+
+def totals_line(totals: dict) -> str:
+    """ "4 completed, 0 failed, 0 skipped" (and ", N running elsewhere" when there are)."""
+    line = (
+        f"{totals['completed']} completed, {totals['failed']} failed, {totals['skipped']} skipped"
+    )
+    return line + (f", {totals['elsewhere']} running elsewhere" if totals.get("elsewhere") else "")
+
+
 def job_entry(
     job: Job,
     status: str,
@@ -59,7 +71,7 @@ def job_entry(
 
 
 def summarize(run_name: str, manifest: str, entries: list[dict], wall_seconds: float) -> dict:
-    counts = {s: sum(e["status"] == s for e in entries) for s in ("completed", "failed", "skipped")}
+    counts = {s: sum(e["status"] == s for e in entries) for s in STATUSES}
     done_now = counts["completed"]
     return {
         "run": run_name,
@@ -81,8 +93,7 @@ def markdown_report(summary: dict) -> str:
         "",
         f"Manifest: `{summary['manifest']}`",
         "",
-        f"**{totals['completed']} completed, {totals['failed']} failed, {totals['skipped']} "
-        f"skipped** of {totals['jobs']} jobs in {totals['wall_seconds']:.1f} s "
+        f"**{totals_line(totals)}** of {totals['jobs']} jobs in {totals['wall_seconds']:.1f} s "
         f"({totals['images_per_hour']:.1f} images/hour).",
         "",
         "| job | status | seconds | total loss | style loss | content loss | output / error |",
@@ -143,10 +154,11 @@ def contact_sheet(entries: list[dict]) -> bytes:
         r, c = row_of.get(entry["content"]), column_of.get(_style_label(entry))
         if r is None or c is None:
             continue
-        if entry["status"] == "failed":
+        if entry["status"] in ("failed", "elsewhere"):
             x, y = c * THUMB, r * cell_h + LABEL_H
-            draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline="red", width=3)
-            draw.text((x + 10, y + THUMB // 2), "failed", fill="red", font=font)
+            colour = "red" if entry["status"] == "failed" else "grey"
+            draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline=colour, width=3)
+            draw.text((x + 10, y + THUMB // 2), entry["status"], fill=colour, font=font)
         else:
             cell(c, r, None, _thumbnail(entry["output"]))
     if cut:

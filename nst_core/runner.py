@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from nst_core import images, jobs, storage
+from nst_core.claims import JobClaims, claims_folder, generations
 from nst_core.errors import ImageError, NstError
 from nst_core.jobs import Job
+from nst_core.limits import Limits
 from nst_core.transfer import GramCache, Pair, Result, stylize_batch
 
 
@@ -32,7 +34,7 @@ class Outcome:
     """What happened to one job of a unit."""
 
     job: Job
-    status: str  # completed | failed | skipped
+    status: str  # completed | failed | skipped | elsewhere (another run is computing it)
     seconds: float = 0.0
     error: str | None = None
     record: dict | None = field(default=None, repr=False)
@@ -58,30 +60,48 @@ def run_unit(
     on_job: OnJob | None = None,
     force: bool = False,
 ) -> list[Outcome]:
-    """Stylise `unit` on `device`; one Outcome per job, in order."""
+    """Stylise `unit` on `device`; one Outcome per job, in order.
+
+    Each job is claimed first (nst_core/claims.py): a job another run is computing right now
+    comes back `elsewhere`, and `force` recomputes only jobs that no live run holds.
+    """
     cache = cache or GramCache()
     outcomes: dict[str, Outcome] = {}
+    with JobClaims() as held:
 
-    def finish(outcome: Outcome) -> None:
-        outcomes[outcome.job.key] = outcome
-        if on_job:
-            on_job(outcome)
+        def finish(outcome: Outcome) -> None:
+            held.release(outcome.job.key)  # recorded (or failed): nothing left to guard
+            outcomes[outcome.job.key] = outcome
+            if on_job:
+                on_job(outcome)
 
-    loaded: list[tuple[Job, Pair, float]] = []  # job, its engine input, seconds to read it
-    for job in unit:
-        if not force and jobs.is_done(job):  # a retried unit skips what it already wrote
-            finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
-            continue
-        started = time.perf_counter()
-        try:
-            pair = _load(job, device)
-        except (ImageError, storage.StorageError) as exc:
-            if _is_transient(exc):
-                raise
-            finish(_fail(job, str(exc), time.perf_counter() - started))
-            continue
-        loaded.append((job, pair, time.perf_counter() - started))
-    _run_batches(loaded, cache, finish)
+        seen = {
+            key: gens
+            for folder in dict.fromkeys(claims_folder(job) for job in unit)
+            for key, gens in generations(folder).items()
+        }
+        loaded: list[tuple[Job, Pair, float]] = []  # job, its engine input, seconds to read it
+        for job in unit:
+            if not force and jobs.is_done(job):  # a retried unit skips what it already wrote
+                finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
+                continue
+            if not held.take(job, seen):
+                finish(Outcome(job, "elsewhere"))
+                continue
+            # Another run may have recorded it between the check above and the claim.
+            if not force and jobs.is_done(job):
+                finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
+                continue
+            started = time.perf_counter()
+            try:
+                pair = _load(job, device)
+            except (ImageError, storage.StorageError) as exc:
+                if _is_transient(exc):
+                    raise
+                finish(fail(job, str(exc), time.perf_counter() - started))
+                continue
+            loaded.append((job, pair, time.perf_counter() - started))
+        _run_batches(loaded, cache, finish)
     return [outcomes[job.key] for job in unit]
 
 
@@ -104,7 +124,7 @@ def _run_batches(loaded, cache: GramCache, finish: Callable[[Outcome], None]) ->
             return
         reason = "out of memory even alone; lower size" if is_out_of_memory(exc) else str(exc)
         for job, _, _ in loaded:
-            finish(_fail(job, reason, time.perf_counter() - started))
+            finish(fail(job, reason, time.perf_counter() - started))
         _release_memory()
         return
     seconds = (time.perf_counter() - started) / len(loaded)
@@ -114,14 +134,15 @@ def _run_batches(loaded, cache: GramCache, finish: Callable[[Outcome], None]) ->
         except storage.StorageError as exc:
             if _is_transient(exc):
                 raise
-            finish(_fail(job, str(exc), seconds))
+            finish(fail(job, str(exc), seconds))
             continue
         finish(Outcome(job, "completed", seconds=seconds + read_s, record=record))
 
 
 def _load(job: Job, device: str) -> Pair:
-    content_bytes = storage.read_bytes(job.content)
-    style_bytes = [storage.read_bytes(uri) for uri, _ in job.styles]
+    limit = Limits.current().max_input_bytes  # an input may have grown since validation
+    content_bytes = storage.read_bytes(job.content, limit)
+    style_bytes = [storage.read_bytes(uri, limit) for uri, _ in job.styles]
     pair = Pair(
         content=images.decode_image(content_bytes, job.content),
         styles=[
@@ -156,7 +177,8 @@ def _write(job: Job, result: Result, read_s: float, seconds: float) -> dict:
     return record
 
 
-def _fail(job: Job, reason: str, seconds: float) -> Outcome:
+def fail(job: Job, reason: str, seconds: float = 0.0) -> Outcome:
+    """Record `job` as failed for `reason` (best effort: the summary reports it anyway)."""
     record = jobs.failed_record(job, reason)
     with contextlib.suppress(storage.StorageError):  # the summary still reports the failure
         storage.write_bytes(job.record, jobs.json_bytes(record))

@@ -46,12 +46,20 @@ class StorageError(NstError):
     """
 
     def __init__(self, uri: str, cause: str, transient: bool = False):
-        self.uri, self.cause, self.transient = str(uri), cause, transient
-        super().__init__(f"{uri}: {cause}")
+        self.uri, self.cause, self.transient = str(uri), redact(cause), transient
+        super().__init__(f"{uri}: {self.cause}")
 
     def __reduce__(self):
         # Exceptions pickle as cls(*args); ours takes more than the message.
         return type(self), (self.uri, self.cause, self.transient)
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password of any URL in it (an endpoint's `user:pass@`) hidden."""
+    return _USERINFO.sub("***@", str(text))
 
 
 # --------------------------------------------------------------------------- URIs
@@ -223,7 +231,9 @@ def _errors(uri: str) -> Iterator[None]:
         raise StorageError(uri, cause) from exc
     except (boto.EndpointConnectionError, boto.ConnectionError, boto.HTTPClientError) as exc:
         # botocore has already retried these; the message names the endpoint, never keys.
-        raise StorageError(uri, f"cannot reach the S3 endpoint ({exc})", transient=True) from exc
+        # Not chained: a traceback would print the endpoint URL with any password in it.
+        cause = f"cannot reach the S3 endpoint ({exc})"
+        raise StorageError(uri, cause, transient=True) from None
     except boto.BotoCoreError as exc:
         raise StorageError(uri, f"S3 request failed: {exc}") from exc
     except FileNotFoundError as exc:
@@ -273,14 +283,42 @@ def _is_temp(filename: str) -> bool:
     return filename.startswith(".") and filename.endswith(".part")
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The bytes at `uri`; with `max_bytes`, a larger object is refused before it is read
+    (from its size as stored, and again while reading, in case it grew)."""
     uri = str(uri)
     with _errors(uri):
         if not is_s3(uri):
             check_uri(uri)
-            return Path(uri).read_bytes()
-        bucket, key = _object(uri)
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            if max_bytes is None:
+                return Path(uri).read_bytes()
+            with open(uri, "rb") as handle:
+                _check_size(uri, os.fstat(handle.fileno()).st_size, max_bytes)
+                data = handle.read(max_bytes + 1)
+        else:
+            bucket, key = _object(uri)
+            answer = s3_client().get_object(Bucket=bucket, Key=key)
+            if max_bytes is None:
+                return answer["Body"].read()
+            try:
+                _check_size(uri, answer["ContentLength"], max_bytes)
+                data = answer["Body"].read(max_bytes + 1)
+            finally:
+                answer["Body"].close()
+    _check_size(uri, len(data), max_bytes)
+    return data
+
+
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise StorageError(uri, too_large(size, max_bytes))
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"is {size / 2**20:,.1f} MB; an input may be at most {max_bytes / 2**20:g} MB "
+        "(NST_MAX_INPUT_MB)"
+    )
 
 
 def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
@@ -357,6 +395,24 @@ def exists(uri: str) -> bool:
         return True
 
 
+def size_if_exists(uri: str) -> int | None:
+    """The size of a file or object, or None when there is none (a folder counts as none)."""
+    uri = str(uri)
+    with _errors(uri):
+        if not is_s3(uri):
+            check_uri(uri)
+            return os.stat(uri).st_size if os.path.isfile(uri) else None
+        from botocore.exceptions import ClientError
+
+        bucket, key = _object(uri)
+        try:
+            return s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise
+
+
 def size(uri: str) -> int:
     uri = str(uri)
     with _errors(uri):
@@ -408,26 +464,42 @@ def move(src: str, dst: str) -> None:
 
 def list_prefix(uri: str) -> list[str]:
     """Every file or object under the folder/prefix `uri`, recursively, sorted, as URIs."""
-    uri = str(uri)
+    return sorted(path for path, _ in _listing(str(uri)))
+
+
+def _listing(uri: str, limit: int | None = None) -> Iterator[tuple[str, int | None]]:
+    """(URI, size) of every file or object under `uri`, unsorted; local sizes are None
+    (stat'ed only for what a caller keeps). With `limit`, listing more entries than that
+    (files and folders) raises StorageError instead of walking on."""
+    entries = 0
+
+    def count(n: int) -> None:
+        nonlocal entries
+        entries += n
+        if limit is not None and entries > limit:
+            raise StorageError(
+                uri, f"lists more than {limit:,} entries; narrow the glob (NST_MAX_GLOB_ENTRIES)"
+            )
+
     with _errors(uri):
         if not is_s3(uri):
             check_uri(uri)
-            return sorted(
-                os.path.join(folder, filename)
-                for folder, _, filenames in os.walk(uri)
-                for filename in filenames
-                if not _is_temp(filename)
-            )
+            for folder, dirs, filenames in os.walk(uri):
+                count(len(dirs) + len(filenames))
+                for filename in filenames:
+                    if not _is_temp(filename):
+                        yield os.path.join(folder, filename), None
+            return
         bucket, key = _split(uri)
         # A prefix is a folder: "s3://b/a" must not list "ab/...".
         prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(
-            f"{S3_PREFIX}{bucket}/{item['Key']}"
-            for page in pages
-            for item in page.get("Contents", [])
-            if not item["Key"].endswith("/")  # folder markers are not files
-        )
+        for page in pages:
+            items = page.get("Contents", [])
+            count(len(items))
+            for item in items:
+                if not item["Key"].endswith("/"):  # folder markers are not files
+                    yield f"{S3_PREFIX}{bucket}/{item['Key']}", item["Size"]
 
 
 def _segment_regex(segment: str) -> str:
@@ -465,10 +537,16 @@ def _glob_regex(segments: list[str]) -> re.Pattern[str]:
 
 
 def glob(pattern: str) -> list[str]:
-    """Sorted files/objects matching `pattern`; `**` spans any number of segments.
+    """Sorted files/objects matching `pattern`; `**` spans any number of segments."""
+    return [path for path, _ in glob_sized(pattern)]
 
-    The literal segments before the first wildcard form a prefix that is listed once;
-    the rest is matched against each listed path relative to that prefix.
+
+def glob_sized(pattern: str, limit: int | None = None) -> list[tuple[str, int]]:
+    """Sorted (URI, size) of the files/objects matching `pattern`; sizes come from the
+    listing (S3) or a stat of each match (local), so nothing is read to learn them.
+
+    The literal segments before the first wildcard form a prefix that is listed once (at
+    most `limit` entries); the rest is matched against each listed path relative to it.
     """
     pattern = str(pattern)
     check_uri(pattern)
@@ -476,8 +554,8 @@ def glob(pattern: str) -> list[str]:
     segments = pattern[len(scheme) :].split("/")
     first = next((i for i, s in enumerate(segments) if has_glob(s)), None)
     if first is None:
-        found = exists(pattern) if scheme else os.path.isfile(pattern)
-        return [pattern] if found else []
+        found = size_if_exists(pattern)
+        return [] if found is None else [(pattern, found)]
     if scheme and first == 0:
         raise StorageError(pattern, "wildcards in the bucket name are not supported")
     literal = "/".join(segments[:first])
@@ -486,12 +564,16 @@ def glob(pattern: str) -> list[str]:
     matcher = _glob_regex(segments[first:])
     prefix = scheme + literal
     matches = []
-    for path in list_prefix(prefix or "."):
+    for path, found in _listing(prefix or ".", limit):
         if scheme:
             relative = path[len(prefix) :].lstrip("/")
         else:
             relative = os.path.relpath(path, prefix or ".").replace(os.sep, "/")
-            path = path if prefix else relative
         if matcher.fullmatch(relative):
-            matches.append(path)
-    return sorted(matches)
+            matches.append((path if scheme or prefix else relative, found))
+    return sorted((path, _local_size(path) if found is None else found) for path, found in matches)
+
+
+def _local_size(path: str) -> int:
+    with _errors(path):
+        return os.stat(path).st_size

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from nst_core.images import fit_size
 from nst_core.jobs import Job
+from nst_core.layers import channels
 from nst_core.params import StyleParams
 
 # Bytes per output pixel per pair for the network's activations and gradients, by precision.
@@ -23,12 +24,25 @@ NETWORK_BYTES_PER_PIXEL = {"fp32": 3_500, "bf16": 2_300}
 # library workspaces. Dominant only for small batches (128 px x 1 measured 63 MB on the
 # H200 and 67-70 MB on the CPU, against 33 and 47 MB from the per-pixel terms alone).
 FIXED_BYTES = 20 * 2**20
+# A style image's forward pass (no gradient) while its Grams are computed, per pixel of the
+# style image: 1,051 B/px at 512 px and 771 B/px at 1024 px measured on the CPU (fp32,
+# AMD EPYC, features of five style layers kept). It runs before the optimisation, so it
+# counts only when it is larger than the optimisation's own peak (a large style_scale).
+STYLE_FORWARD_BYTES_PER_PIXEL = 1_100
 DEFAULT_CPU_BUDGET_GB = 4.0
 MAX_BATCH = 16
 
 
-def estimate_bytes(width: int, height: int, params: StyleParams, *, batch: int = 1) -> int:
-    """Peak memory of one batch at (width, height); `auto` precision counts as fp32.
+def gram_bytes(params: StyleParams) -> int:
+    """The fp32 Gram matrices of one style image: C x C per style layer."""
+    return sum(channels(layer) ** 2 * 4 for layer in params.style_layers)
+
+
+def estimate_bytes(
+    width: int, height: int, params: StyleParams, *, batch: int = 1, styles: int = 1
+) -> int:
+    """Peak memory of one batch at (width, height) whose pairs blend `styles` styles each;
+    `auto` precision counts as fp32.
 
     The planner sizes units with the batch-of-1 figure per pair, so it counts the fixed
     part once per pair: on the safe side, and only noticeably so for tiny images.
@@ -37,7 +51,17 @@ def estimate_bytes(width: int, height: int, params: StyleParams, *, batch: int =
     if params.optimizer == "lbfgs":
         # s and y history, 3 fp32 values per pixel each, plus x, g, d and trial buffers.
         per_pixel += params.lbfgs_history * 2 * 3 * 4 + 6 * 3 * 4
-    return FIXED_BYTES + width * height * per_pixel * batch
+    optimisation = width * height * per_pixel * batch
+    style_side = max(width, height) * params.style_scale  # the style's aspect is unknown here
+    style_forward = int(style_side**2 * STYLE_FORWARD_BYTES_PER_PIXEL)
+    targets = gram_bytes(params) * styles * batch  # every style's Grams stay cached
+    return FIXED_BYTES + max(optimisation, style_forward) + targets
+
+
+def job_bytes(job: Job) -> int | None:
+    """A job's estimated peak alone on a device, or None when its content size is unknown."""
+    size = output_size(job)
+    return None if size is None else estimate_bytes(*size, job.params, styles=len(job.styles))
 
 
 def memory_budget_bytes(device: str) -> int:
@@ -58,9 +82,29 @@ def output_size(job: Job) -> tuple[int, int] | None:
     return fit_size(*job.content_size, job.params.size)
 
 
+def split_unfit(jobs: list[Job], budget_bytes: int) -> tuple[list[Job], list[tuple[Job, int]]]:
+    """(jobs that fit the budget alone, (job, estimated bytes) for those that do not)."""
+    fitting, unfit = [], []
+    for job in jobs:
+        need = job_bytes(job)
+        if need is not None and need > budget_bytes:
+            unfit.append((job, need))
+        else:
+            fitting.append(job)
+    return fitting, unfit
+
+
+def unfit_reason(need: int, budget_bytes: int) -> str:
+    return (
+        f"needs about {need / 2**30:,.2f} GB even alone, over the memory budget of "
+        f"{budget_bytes / 2**30:,.2f} GB (NST_MEMORY_BUDGET_GB); lower size or style_scale"
+    )
+
+
 def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -> list[list[Job]]:
     """Group jobs that may share a batch (same output size and batch key), then chunk each
-    group so that a unit's estimated peak stays within `budget_bytes` (at least one job).
+    group so that a unit's estimated peak stays within `budget_bytes` (at least one job;
+    `split_unfit` first sets aside the jobs that fit no unit).
 
     Jobs whose content could not be read go alone: they will fail with their own reason.
     """
@@ -73,8 +117,8 @@ def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -
         else:
             groups[(size, job.params.batch_key())].append(job)
     units = []
-    for (size, _), members in groups.items():
-        per_pair = estimate_bytes(*size, members[0].params)
+    for members in groups.values():
+        per_pair = max(job_bytes(job) for job in members)
         fit = max(1, min(max_batch, budget_bytes // per_pair))
         units.extend(members[i : i + fit] for i in range(0, len(members), fit))
     return units + alone

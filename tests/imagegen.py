@@ -51,6 +51,11 @@ styles: [paintings/*.png]
 """
 
 
+# NST_MEMORY_BUDGET_GB that holds one job of the tiny batches (40-48 px) but not two, so
+# units hold one job each and records land one by one.
+ONE_JOB_PER_UNIT_GB = "0.04"
+
+
 def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
     """photos/{a,b}.png and paintings/{s1,s2}.png under `root` (a folder or an s3:// prefix),
     plus the manifest as `name`; returns the manifest's URI."""
@@ -65,11 +70,11 @@ def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
 
 
 def job_records(root: str) -> dict[str, dict]:
-    """{URI: record} of every job record under root/out (not the run folders)."""
+    """{URI: record} of every job record under root/out (not run folders or job claims)."""
     from nst_core import storage
 
     return {
         uri: json.loads(storage.read_bytes(uri))
         for uri in storage.list_prefix(f"{root}/out")
-        if uri.endswith(".json") and "/_runs/" not in uri
+        if uri.endswith(".json") and "/_runs/" not in uri and "/_claims/" not in uri
     }

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from imagegen import job_records, write_batch
+from imagegen import ONE_JOB_PER_UNIT_GB, job_records, write_batch
 from s3_server import S3Server, start_s3_server, weed_binary
 
 from nst_core import images, storage
@@ -264,7 +264,7 @@ def outage(private_s3_factory, prefect_server, tmp_path_factory) -> Outage:
         env = nst_env(
             tmp_path_factory.mktemp("prefect-home"),
             prefect_server,
-            NST_MEMORY_BUDGET_GB="0.000001",  # one job per unit: records land one by one
+            NST_MEMORY_BUDGET_GB=ONE_JOB_PER_UNIT_GB,  # one job per unit: records one by one
             NST_S3_MAX_ATTEMPTS="2",
             NST_S3_CONNECT_TIMEOUT="1",
             NST_S3_READ_TIMEOUT="5",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagegen import TINY_MANIFEST, job_records, png_bytes, scene, write_batch
+from imagegen import ONE_JOB_PER_UNIT_GB, TINY_MANIFEST, job_records, png_bytes, scene, write_batch
 from PIL import Image
 
 from flows.batch import BatchFailed, stylize_batch
@@ -105,7 +105,7 @@ def test_dry_run_writes_nothing(tmp_path, prefect_server):
 def test_batched_units_match_one_by_one(tmp_path, prefect_server, monkeypatch):
     together, alone = tmp_path / "together", tmp_path / "alone"
     stylize_batch(make_batch(str(together)))
-    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", "0.000001")  # one job per unit
+    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", ONE_JOB_PER_UNIT_GB)  # one job per unit
     stylize_batch(make_batch(str(alone)))
     pairs = 0
     for uri, record in job_records(str(together)).items():
@@ -127,7 +127,7 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
     env |= {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "NST_MEMORY_BUDGET_GB": "0.000001",  # one job per unit: records appear one by one
+        "NST_MEMORY_BUDGET_GB": ONE_JOB_PER_UNIT_GB,  # one job per unit: records one by one
     }
     nst = [sys.executable, "-m", "nst_core.cli", "run", uri]
     log = tmp_path / "first.log"
@@ -177,7 +177,7 @@ def test_units_on_one_device_never_overlap(tmp_path, prefect_server, monkeypatch
         return outcomes
 
     monkeypatch.setattr(batch.runner, "run_unit", timed)
-    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", "0.000001")
+    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", ONE_JOB_PER_UNIT_GB)
     summary = stylize_batch(make_batch(str(tmp_path)))
     assert summary["totals"]["completed"] == 4 and len(windows) == 4
     windows.sort()

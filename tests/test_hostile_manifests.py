@@ -44,7 +44,8 @@ def area(tmp_path) -> Path:
 def touched(monkeypatch) -> dict[str, list[str]]:
     """Every URI the storage layer reads, writes, lists or probes, by operation."""
     calls: dict[str, list[str]] = {}
-    for op in ("read_bytes", "write_bytes", "write_if_absent", "exists", "glob", "list_prefix"):
+    ops = ("read_bytes", "write_bytes", "write_if_absent", "exists", "size_if_exists")
+    for op in (*ops, "glob", "glob_sized", "list_prefix"):
         real = getattr(storage, op)
 
         def spy(uri, *args, _op=op, _real=real, **kwargs):
@@ -277,7 +278,8 @@ def test_uris_that_may_not_be_used_are_refused_before_anything_is_touched(
     assert set(touched.get("read_bytes", [])) == {str(manifest)}
     assert not touched.get("write_bytes") and not touched.get("write_if_absent")
     # The bad URI itself was never probed or listed.
-    probed = touched.get("exists", []) + touched.get("glob", []) + touched.get("list_prefix", [])
+    probes = ("exists", "size_if_exists", "glob", "glob_sized", "list_prefix")
+    probed = [uri for op in probes for uri in touched.get(op, [])]
     assert all("outside" not in uri and "s3://" not in uri for uri in probed), probed
     assert tree(area.parent.parent) == before
 

@@ -109,3 +109,36 @@ def test_a_manifest_dropped_while_a_batch_runs_is_picked_up_next_tick(drop_box, 
     result = watch.watch_inbox(drop_box)
     assert result["started"] == [f"{drop_box}/second.yaml"] and result["settled"] == []
     assert fake_deployment.calls == [f"{drop_box}/first.yaml", f"{drop_box}/second.yaml"]
+
+
+def test_a_tick_of_the_inbox_deployment_cancels_the_ticks_it_missed(drop_box, prefect_server):
+    """Ticks that came due while no worker ran wait as Scheduled; the tick that runs first
+    cancels those of its inbox (not another inbox's, not future ones) and does their work."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(watch.watch_inbox)
+        deployment = client.create_deployment(flow_id=flow_id, name=f"inbox-{now:%H%M%S%f}")
+
+        def tick(minutes: float, inbox: str = drop_box):
+            state = Scheduled(scheduled_time=now + timedelta(minutes=minutes))
+            return client.create_flow_run_from_deployment(
+                deployment, parameters={"inbox": inbox}, state=state
+            )
+
+        missed = [tick(-3), tick(-2), tick(-1)]
+        other_inbox, future = tick(-1, f"{drop_box}-other"), tick(5)
+        me = tick(0)
+        state = run_flow(
+            watch.watch_inbox, flow_run=me, parameters={"inbox": drop_box}, return_type="state"
+        )
+        assert state.is_completed(), state
+        after = {r.id: r.state for r in client.read_flow_runs() if r.deployment_id == deployment}
+    assert all(after[r.id].is_cancelled() for r in missed)
+    assert after[missed[0].id].message == f"{watch.MISSED_TICK} {me.name}"
+    assert after[other_inbox.id].is_scheduled() and after[future.id].is_scheduled()

@@ -34,7 +34,15 @@ def area(tmp_path) -> Path:
 def touched(monkeypatch) -> list[str]:
     """Every URI the storage layer reads, lists or probes."""
     calls: list[str] = []
-    for op in ("read_bytes", "exists", "glob", "list_prefix", "size"):
+    for op in (
+        "read_bytes",
+        "exists",
+        "size_if_exists",
+        "glob",
+        "glob_sized",
+        "list_prefix",
+        "size",
+    ):
         real = getattr(storage, op)
 
         def spy(uri, *args, _real=real, **kwargs):
