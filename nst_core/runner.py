@@ -82,15 +82,15 @@ def run_unit(
         }
         loaded: list[tuple[Job, Pair, float]] = []  # job, its engine input, seconds to read it
         for job in unit:
-            if not force and jobs.is_done(job):  # a retried unit skips what it already wrote
-                finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
+            if not force and (done := _skipped_if_done(job)):  # a retried unit, say
+                finish(done)
                 continue
             if not held.take(job, seen):
                 finish(Outcome(job, "elsewhere"))
                 continue
             # Another run may have recorded it between the check above and the claim.
-            if not force and jobs.is_done(job):
-                finish(Outcome(job, "skipped", record=jobs.read_record(job.record)))
+            if not force and (done := _skipped_if_done(job)):
+                finish(done)
                 continue
             started = time.perf_counter()
             try:
@@ -103,6 +103,12 @@ def run_unit(
             loaded.append((job, pair, time.perf_counter() - started))
         _run_batches(loaded, cache, finish)
     return [outcomes[job.key] for job in unit]
+
+
+def _skipped_if_done(job: Job) -> Outcome | None:
+    """A `skipped` outcome with its record when the job is already done, else None."""
+    record = jobs.read_record(job.record)
+    return Outcome(job, "skipped", record=record) if jobs.completed(job, record) else None
 
 
 def _run_batches(loaded, cache: GramCache, finish: Callable[[Outcome], None]) -> None:
