@@ -159,6 +159,7 @@ def _load(job: Job, device: str) -> Pair:
         content_name=job.content,
         style_names=[uri for uri, _ in job.styles],
         style_ids=list(job.style_shas),
+        content_id=job.content_sha,
     )
     return pair
 

@@ -17,6 +17,7 @@ What differs from the paper, and why:
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -51,6 +52,17 @@ class Pair:
     content_name: str = "content"
     style_names: Sequence[str] = ()
     style_ids: Sequence[str] = ()  # stable identities (e.g. sha256) for the Gram cache
+    content_id: str | None = None  # the content's stable identity (e.g. its bytes' sha256)
+
+    def content_identity(self) -> str:
+        """What colour-preserving style targets are cached under: the caller's identity for
+        the content, else a hash of its pixels. Never id(): a freed image's address is
+        reused by the next one, which would then get another content's targets."""
+        if self.content_id is not None:
+            return self.content_id
+        digest = hashlib.sha256(f"{self.content.mode}{self.content.size}".encode())
+        digest.update(self.content.tobytes())
+        return digest.hexdigest()
 
     def style_id(self, index: int) -> str | None:
         return self.style_ids[index] if index < len(self.style_ids) else None
@@ -226,7 +238,7 @@ class _BatchRun:
         for b, pair in enumerate(self.pairs):
             # Colour preservation matches each style to its content, so only then does the
             # target depend on the content image.
-            luma_key = id(pair.content) if pair.params.preserve_color else None
+            luma_key = pair.content_identity() if pair.params.preserve_color else None
             key = (
                 size,
                 pair.params.style_scale,

@@ -223,3 +223,27 @@ def test_the_clamp_shows_the_written_values_but_passes_the_whole_gradient():
     assert y.tolist() == [0.0, 0.25, 1.0]
     (y * torch.tensor([2.0, 3.0, -4.0])).sum().backward()
     assert x.grad.tolist() == [2.0, 3.0, -4.0]
+
+
+def test_colour_preserving_targets_never_mix_up_two_contents(monkeypatch):
+    """A shared cache (as the flow keeps one per process) must not hand one content's
+    luminance-matched style targets to another. Forced here as CPython does it by chance:
+    the second content gets the first one's address (id), freed in between."""
+    style = stripes(seed=5)
+    first, second = scene(seed=1), scene(seed=8)
+    settings = params(preserve_color=True, iterations=3, size=48)
+
+    def run(content, cache):
+        pair = Pair(content, [style], settings, style_ids=["the-style"])
+        return images.to_tensor(stylize(pair, cache=cache).image)
+
+    monkeypatch.setattr(transfer, "id", lambda obj: 4242, raising=False)  # one address for all
+    shared = GramCache()
+    run(first, shared)
+    mixed = run(second, shared)
+    fresh = run(second, GramCache())
+    assert torch.equal(mixed, fresh)
+    # Identities given by the caller (the runner passes the content's sha256) are used as is.
+    assert Pair(first, [style], content_id="abc").content_identity() == "abc"
+    assert Pair(first, [style]).content_identity() == Pair(first.copy(), [style]).content_identity()
+    assert Pair(first, [style]).content_identity() != Pair(second, [style]).content_identity()
