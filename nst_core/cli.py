@@ -380,6 +380,11 @@ def run(
 
     Exit 0 when every job completed, 1 when any failed, 2 when the manifest is invalid.
     """
+    # Before anything imports Prefect: its settings are read once, at import. The embedded
+    # server needs longer than Prefect's default 20 s on a busy 2-core laptop, and must not
+    # try to send telemetry from machines without internet.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.runners import task_runner_name
     from nst_core.manifest import load_plan
 
@@ -393,10 +398,6 @@ def run(
             "--shards needs a Prefect server whose workers run the adhoc deployment: "
             "set PREFECT_API_URL (see `make up`)"
         )
-    # The embedded server needs longer than Prefect's default 20 s on a busy 2-core laptop,
-    # and must not try to send telemetry from machines without internet.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["NST_EMBEDDED_SERVER"] = "1"  # see flows.batch._ensure_device_limits
     from flows.batch import stylize_batch

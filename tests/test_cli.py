@@ -1,6 +1,7 @@
 """The `nst stylize` command: outputs, records and one-line errors for bad input."""
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -160,3 +161,36 @@ def assert_one_line_error(code, err, expected_parts):
     for part in expected_parts:
         assert part in lines[0]
     assert "Traceback" not in err
+
+
+def test_nst_run_gives_the_embedded_server_its_startup_time(tmp_path):
+    """Prefect reads its settings when it is first imported: `nst run` must set the embedded
+    server's startup timeout (120 s, not Prefect's 20 s, which a busy 2-core machine
+    overran) before anything imports Prefect. The flow is a stand-in that reports the
+    settings it runs under."""
+    from imagegen import TINY_MANIFEST, write_batch
+
+    uri = write_batch(str(tmp_path), TINY_MANIFEST)
+    script = f"""
+import sys, types
+def stand_in(**kwargs):
+    from prefect.settings import get_current_settings
+    settings = get_current_settings()
+    print("timeout", settings.server.ephemeral.startup_timeout_seconds)
+    print("analytics", settings.server.analytics_enabled)
+    raise SystemExit(0)
+sys.modules["flows.batch"] = types.SimpleNamespace(stylize_batch=stand_in)
+from nst_core import cli
+sys.argv = ["nst", "run", {uri!r}]
+cli.main()
+"""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_SERVER_") and k != "PREFECT_API_URL"
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["timeout", "120", "analytics", "False"], done.stdout
