@@ -71,9 +71,9 @@ class JobClaims:
     still held is removed when it ends (a killed process leaves its claims to expire).
     """
 
-    def __init__(self, owner: str | None = None, lease_s: float | None = None):
-        self.owner = owner or f"{_HOST}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.lease_s = lease_s or lease_seconds()
+    def __init__(self) -> None:
+        self.owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease_s = lease_seconds()
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -379,20 +379,11 @@ def _local_write_if_absent(path: str, data: bytes) -> bool:
 def exists(uri: str) -> bool:
     """Whether the file (or local folder) or S3 object exists."""
     uri = str(uri)
+    if is_s3(uri):
+        return size_if_exists(uri) is not None
     with _errors(uri):
-        if not is_s3(uri):
-            check_uri(uri)
-            return os.path.exists(uri)
-        from botocore.exceptions import ClientError
-
-        bucket, key = _object(uri)
-        try:
-            s3_client().head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise
-        return True
+        check_uri(uri)
+        return os.path.exists(uri)
 
 
 def size_if_exists(uri: str) -> int | None:
