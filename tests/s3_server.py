@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GRPC_OFFSET = 10000
+# Far more buckets than a test session creates (about 150), whatever the disk's free space.
+VOLUME_SLOTS = 1000
 
 
 def weed_binary() -> str | None:
@@ -112,23 +114,32 @@ def _answers_http(port: int) -> bool:
         conn.close()
 
 
-def _registered_volumes(master_port: int) -> int:
-    """How many volumes the master knows a volume server holds (0 if it cannot say yet)."""
+def _topology(master_port: int) -> dict:
+    """The master's view of its volume servers ({} if it cannot say yet)."""
     conn = http.client.HTTPConnection("127.0.0.1", master_port, timeout=1)
     try:
         conn.request("GET", "/dir/status")
-        status = json.loads(conn.getresponse().read())
+        return json.loads(conn.getresponse().read()).get("Topology") or {}
     except (OSError, ValueError):
-        return 0
+        return {}
     finally:
         conn.close()
-    topology = status.get("Topology") or {}
+
+
+def _registered_volumes(master_port: int) -> int:
+    """How many volumes the master knows a volume server holds (0 if it cannot say yet)."""
+    topology = _topology(master_port)
     return sum(
         node.get("Volumes") or 0
         for centre in topology.get("DataCenters") or []
         for rack in centre.get("Racks") or []
         for node in rack.get("DataNodes") or []
     )
+
+
+def volume_slots(server: S3Server) -> int:
+    """How many volumes the server may hold in all: each bucket takes at least one."""
+    return int(_topology(server.ports[1]).get("Max") or 0)
 
 
 def start_s3_server(
@@ -167,6 +178,11 @@ def start_s3_server(
         "-ip.bind=127.0.0.1",
         "-admin.ui=false",
         "-webdav=false",
+        # Every bucket is a collection with volumes of its own, and by default weed allows
+        # free disk / 1 GiB volumes: on a 70 GB disk the 74th bucket's first PUT failed with
+        # InternalError. Volumes are sparse files, so many small ones cost no disk up front.
+        f"-volume.max={VOLUME_SLOTS}",
+        "-master.volumeSizeLimitMB=64",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.port={s3}",
