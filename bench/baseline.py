@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from nst_core.losses import content_loss
-from nst_core.params import StyleParams
-from nst_core.vgg import load_vgg
+from nst_core.engine.losses import content_loss
+from nst_core.engine.params import StyleParams
+from nst_core.engine.vgg import load_vgg
 
 # The tutorial's budget: the baseline's loss evaluations per image in every benchmark.
 EVALUATIONS = 300

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from nst_core import demo, images
-from nst_core.losses import content_loss, gram, style_loss
-from nst_core.params import StyleParams
-from nst_core.vgg import load_vgg
+from nst_core.batch import demo
+from nst_core.engine import images
+from nst_core.engine.losses import content_loss, gram, style_loss
+from nst_core.engine.params import StyleParams
+from nst_core.engine.vgg import load_vgg
 
 # The project's sample photos; NST_BENCH_IMAGES points elsewhere (a device machine, where
 # only the repository travels and the photos come as a carried folder).

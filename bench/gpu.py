@@ -41,12 +41,12 @@ import torch
 from bench.baseline import EVALUATIONS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from bench.memory import GPU_GRID, one
-from nst_core import images
-from nst_core.losses import gram
-from nst_core.params import StyleParams
-from nst_core.transfer import Pair, stylize_batch
-from nst_core.units import estimate_bytes
-from nst_core.vgg import load_vgg
+from nst_core.batch.units import estimate_bytes
+from nst_core.engine import images
+from nst_core.engine.losses import gram
+from nst_core.engine.params import StyleParams
+from nst_core.engine.transfer import Pair, stylize_batch
+from nst_core.engine.vgg import load_vgg
 
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets; sparsity excluded).
@@ -311,7 +311,7 @@ class Bench:
     def levers(self) -> dict:
         n, its = self.batch, self.lever_iterations
         out = {"default": self.engine_rate(n, its)}
-        with mock.patch("nst_core.losses.gram", gram_fp32_path):
+        with mock.patch("nst_core.engine.losses.gram", gram_fp32_path):
             out["fp32_grams"] = self.engine_rate(n, its)
             with flags(matmul_tf32=True):
                 out["tf32_grams"] = self.engine_rate(n, its)
@@ -328,7 +328,7 @@ class Bench:
         """The engine with its network under torch.compile; the warm-up holds the compiles."""
         load = functools.cache(lambda *args: torch.compile(load_vgg(*args)))
         began = time.perf_counter()
-        with mock.patch("nst_core.transfer.load_vgg", load):
+        with mock.patch("nst_core.engine.transfer.load_vgg", load):
             row = self.engine_rate(batch, iterations)
         return row | {"wall_with_compile_s": time.perf_counter() - began}
 
@@ -410,7 +410,7 @@ class Bench:
         variants = [
             ("fp32_path", False, gram_fp32_path),
             ("fp32_path_tf32", True, gram_fp32_path),
-            ("bf16_operands", False, gram),  # the engine's: nst_core.losses.gram
+            ("bf16_operands", False, gram),  # the engine's: nst_core.engine.losses.gram
         ]
         out = {}
         with torch.no_grad():

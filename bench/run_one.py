@@ -13,9 +13,9 @@ import time
 
 from bench.baseline import EVALUATIONS, run_baseline
 from bench.common import Evaluator, inputs, tensors
-from nst_core import images
-from nst_core.params import StyleParams
-from nst_core.transfer import Pair, stylize
+from nst_core.engine import images
+from nst_core.engine.params import StyleParams
+from nst_core.engine.transfer import Pair, stylize
 
 
 def main() -> None:

@@ -33,12 +33,12 @@ from prefect.tasks import exponential_backoff
 
 from flows import shards as sharding
 from flows.runners import placement, task_runner_name
-from nst_core import jobs, report, runner, storage, units
-from nst_core.devices import devices_for
+from nst_core.batch import jobs, report, runner, storage, units
+from nst_core.batch.manifest import load_plan
+from nst_core.batch.roots import Roots
+from nst_core.engine.devices import devices_for
+from nst_core.engine.transfer import GramCache
 from nst_core.errors import NstError
-from nst_core.manifest import load_plan
-from nst_core.roots import Roots
-from nst_core.transfer import GramCache
 
 # Style Grams are reused across the units of a process (keyed by the style bytes' hash).
 _GRAM_CACHE = GramCache()

@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from nst_core import jobs, report, units
+from nst_core.batch import jobs, report, units
 
 ADHOC = "stylize-batch/adhoc"
 POLL_S = 2.0

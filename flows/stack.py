@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nst_core.processes import alive
+from nst_core.batch.processes import alive
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "nst-gpu"

@@ -34,9 +34,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from flows.shards import ADHOC
-from nst_core import inbox as drop_box
-from nst_core.manifest import ManifestError, load_plan
-from nst_core.roots import Roots
+from nst_core.batch import inbox as drop_box
+from nst_core.batch.manifest import ManifestError, load_plan
+from nst_core.batch.roots import Roots
 
 # A claim that never got its flow run (its watcher died) is released after this long.
 STALE_CLAIM = timedelta(minutes=10)

@@ -33,7 +33,7 @@ EXIT_BAD_INPUT = 2
 
 def _default(field: str) -> str:
     """A StyleParams default as the help text shows it, so help never drifts from the model."""
-    from nst_core.params import StyleParams
+    from nst_core.engine.params import StyleParams
 
     value = StyleParams.model_fields[field].default
     return ",".join(value) if isinstance(value, tuple) else str(value)
@@ -60,7 +60,7 @@ def _read_input(path: Path, role: str) -> bytes:
 
 def _check_output(out: Path) -> None:
     """Fail before any work when OUT cannot be written."""
-    from nst_core.images import format_for
+    from nst_core.engine.images import format_for
 
     format_for(out.name)
     folder = out.parent
@@ -166,7 +166,7 @@ def stylize(
     ),
 ) -> None:
     """Stylise CONTENT with one or more STYLES and write OUT plus OUT's .json record."""
-    from nst_core.params import parse_params
+    from nst_core.engine.params import parse_params
 
     given = {
         "size": size,
@@ -196,8 +196,9 @@ def stylize(
 
 
 def _stylize_files(content: Path, styles: list[Path], blend, params, out: Path) -> None:
-    from nst_core import images, jobs, storage
-    from nst_core.transfer import Pair, stylize
+    from nst_core.batch import jobs, storage
+    from nst_core.engine import images
+    from nst_core.engine.transfer import Pair, stylize
 
     started = time.perf_counter()
     content_bytes = _read_input(content, "content")
@@ -292,7 +293,7 @@ WRITE_ROOT_HELP = (
 
 
 def _roots(read_root: list[str] | None, write_root: list[str] | None):
-    from nst_core.roots import Roots
+    from nst_core.batch.roots import Roots
 
     return Roots.of(read_root or None, write_root or None)
 
@@ -305,7 +306,7 @@ def validate(
     write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """Check a manifest; print OK with its job count, or every problem (exit 2)."""
-    from nst_core.manifest import load_plan
+    from nst_core.batch.manifest import load_plan
 
     plan = load_plan(manifest, max_jobs=max_jobs, roots=_roots(read_root, write_root))
     typer.echo(f"OK: {plan.summary()}")
@@ -320,8 +321,8 @@ def plan(
     write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """List every job of a manifest as done or pending, with its output URI, and totals."""
-    from nst_core import jobs
-    from nst_core.manifest import load_plan
+    from nst_core.batch import jobs
+    from nst_core.batch.manifest import load_plan
 
     loaded = load_plan(
         manifest,
@@ -347,7 +348,7 @@ def schema() -> None:
     """Print the manifest JSON Schema (the source of manifests/schema.json)."""
     import json
 
-    from nst_core.manifest import json_schema
+    from nst_core.batch.manifest import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
@@ -386,7 +387,7 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.runners import task_runner_name
-    from nst_core.manifest import load_plan
+    from nst_core.batch.manifest import load_plan
 
     overrides = _parse_overrides(param)
     roots = _roots(read_root, write_root)
@@ -430,7 +431,7 @@ def run(
         for output in summary["cannot_fit"]:
             typer.echo(f"would fail (over the memory budget)  {output}")
         return
-    from nst_core.report import totals_line
+    from nst_core.batch.report import totals_line
 
     totals, folder = summary["totals"], summary["run_folder"]
     typer.echo(
@@ -443,7 +444,7 @@ def run(
 @app.command()
 def demo() -> None:
     """Draw 2 contents and 2 styles, then run manifests/demo.yaml on this machine."""
-    from nst_core.demo import write_demo_inputs
+    from nst_core.batch.demo import write_demo_inputs
 
     manifest = Path(__file__).resolve().parent.parent / "manifests" / "demo.yaml"
     if not manifest.exists():

@@ -11,7 +11,7 @@ from imagegen import scene, stripes
 from PIL import Image
 from s3_server import start_s3_server, weed_binary
 
-from nst_core import storage
+from nst_core.batch import storage
 
 # Ray reads these when it is first imported, which may be a test module's import, before
 # flows.runners could set them: keep any Ray the tests start on loopback and out of ~/.ray.

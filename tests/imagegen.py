@@ -59,7 +59,7 @@ ONE_JOB_PER_UNIT_GB = "0.04"
 def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
     """photos/{a,b}.png and paintings/{s1,s2}.png under `root` (a folder or an s3:// prefix),
     plus the manifest as `name`; returns the manifest's URI."""
-    from nst_core import storage
+    from nst_core.batch import storage
 
     storage.write_bytes(f"{root}/photos/a.png", png_bytes(scene(64, 48, seed=1)))
     storage.write_bytes(f"{root}/photos/b.png", png_bytes(scene(64, 48, seed=2)))
@@ -71,7 +71,7 @@ def write_batch(root: str, manifest: str, name: str = "batch.yaml") -> str:
 
 def job_records(root: str) -> dict[str, dict]:
     """{URI: record} of every job record under root/out (not run folders or job claims)."""
-    from nst_core import storage
+    from nst_core.batch import storage
 
     return {
         uri: json.loads(storage.read_bytes(uri))

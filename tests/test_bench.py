@@ -9,7 +9,7 @@ from imagegen import scene, stripes
 
 from bench.baseline import run_baseline
 from bench.common import Evaluator, loss_at, tensors, time_to_loss
-from nst_core.params import StyleParams
+from nst_core.engine.params import StyleParams
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import yaml
 from cli_runner import run_cli
 from imagegen import TINY_MANIFEST, job_records, png_bytes, scene, stripes, write_batch
 
-from nst_core import jobs, runner, storage, units
-from nst_core.params import StyleParams
+from nst_core.batch import jobs, runner, storage, units
+from nst_core.engine.params import StyleParams
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from imagegen import ONE_JOB_PER_UNIT_GB, TINY_MANIFEST, job_records, png_bytes, scene, write_batch
 
-from nst_core import claims, jobs, runner, storage
-from nst_core.params import StyleParams
+from nst_core.batch import claims, jobs, runner, storage
+from nst_core.engine.params import StyleParams
 
 PARAMS = StyleParams(size=40, iterations=3, device="cpu", precision="fp32")
 

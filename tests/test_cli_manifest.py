@@ -6,8 +6,8 @@ import pytest
 from cli_runner import run_cli
 from imagegen import png_bytes, scene, stripes
 
-from nst_core import jobs
-from nst_core.manifest import load_plan
+from nst_core.batch import jobs
+from nst_core.batch.manifest import load_plan
 
 MANIFEST = """version: 1
 output: out

@@ -22,7 +22,7 @@ from imagegen import ONE_JOB_PER_UNIT_GB, write_batch
 
 from flows import watch
 from flows.stack import LocalStack, _stop
-from nst_core import storage
+from nst_core.batch import storage
 
 MANIFEST = """version: 1
 output: out/{name}

@@ -27,7 +27,8 @@ from cli_runner import run_cli
 from imagegen import ONE_JOB_PER_UNIT_GB, job_records, write_batch
 from s3_server import S3Server, start_s3_server, weed_binary
 
-from nst_core import images, storage
+from nst_core.batch import storage
+from nst_core.engine import images
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = """version: 1

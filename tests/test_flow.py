@@ -14,7 +14,8 @@ from imagegen import ONE_JOB_PER_UNIT_GB, TINY_MANIFEST, job_records, png_bytes,
 from PIL import Image
 
 from flows.batch import BatchFailed, stylize_batch
-from nst_core import images, storage
+from nst_core.batch import storage
+from nst_core.engine import images
 
 MANIFEST = TINY_MANIFEST
 
@@ -235,8 +236,8 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
 ):
     """A budget that fits two jobs per unit, and a device that in fact holds only one: every
     unit runs out of memory once, is split, and every job completes at batch size 1."""
-    from nst_core import runner, units
-    from nst_core.params import StyleParams
+    from nst_core.batch import runner, units
+    from nst_core.engine.params import StyleParams
 
     two_jobs = 2 * units.estimate_bytes(40, 30, StyleParams(size=40))
     monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str((two_jobs + 1) / 1024**3))
@@ -258,7 +259,7 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
 def test_units_still_running_at_the_batch_timeout_are_reported_failed(
     tmp_path, prefect_server, monkeypatch
 ):
-    from nst_core import runner
+    from nst_core.batch import runner
 
     def stuck(pairs, **kwargs):
         time.sleep(4)

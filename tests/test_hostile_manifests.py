@@ -19,9 +19,9 @@ import yaml
 from cli_runner import run_cli
 from imagegen import png_bytes, scene, stripes
 
-from nst_core import jobs, storage
-from nst_core import manifest as mf
-from nst_core.manifest import ManifestError, expand, load_plan, parse_manifest
+from nst_core.batch import jobs, storage
+from nst_core.batch import manifest as mf
+from nst_core.batch.manifest import ManifestError, expand, load_plan, parse_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_S = 2.0  # "quickly": generous on a busy 2-core machine; the work itself is 10-400 ms

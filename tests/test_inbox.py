@@ -8,7 +8,7 @@ import pytest
 from imagegen import png_bytes, scene, stripes
 
 from flows import watch
-from nst_core import inbox, storage
+from nst_core.batch import inbox, storage
 
 GOOD = """version: 1
 output: out/{name}

@@ -16,7 +16,7 @@ import pytest
 from imagegen import png_bytes, scene, stripes
 
 from flows import watch
-from nst_core import jobs, storage
+from nst_core.batch import jobs, storage
 
 
 def _bucket() -> str:

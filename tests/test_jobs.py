@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from nst_core import jobs
-from nst_core.params import StyleParams
+from nst_core.batch import jobs
+from nst_core.engine.params import StyleParams
 
 PARAMS = StyleParams(size=64, iterations=5)
 

@@ -60,7 +60,7 @@ def test_60_jobs_complete_once_each_and_a_rerun_skips_them(tmp_path, prefect_ser
 def test_contact_sheet_of_a_big_batch_shows_a_readable_corner():
     """400 contents x 20 styles: one row per content would pass JPEG's 65,500 px; the sheet
     shows the first rows and columns and says what it left out."""
-    from nst_core import report
+    from nst_core.batch import report
 
     entries = [
         {

@@ -1,6 +1,6 @@
 import torch
 
-from nst_core.losses import blend_grams, content_loss, gram, style_loss, tv_loss
+from nst_core.engine.losses import blend_grams, content_loss, gram, style_loss, tv_loss
 
 
 def test_gram_matches_a_hand_computed_example():

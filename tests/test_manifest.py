@@ -7,8 +7,8 @@ import pytest
 import yaml
 from imagegen import png_bytes, scene, stripes
 
-from nst_core import manifest as mf
-from nst_core.manifest import ManifestError, expand, load_plan, parse_manifest
+from nst_core.batch import manifest as mf
+from nst_core.batch.manifest import ManifestError, expand, load_plan, parse_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nst_core.manifest import ManifestError, Plan, expand, parse_manifest
+from nst_core.batch.manifest import ManifestError, Plan, expand, parse_manifest
 
 KEYS = st.sampled_from(
     [

@@ -4,8 +4,8 @@ import pytest
 from cli_runner import run_cli
 from imagegen import png_bytes, scene, stripes
 
-from nst_core import jobs, storage
-from nst_core.manifest import ManifestError, load_plan
+from nst_core.batch import jobs, storage
+from nst_core.batch.manifest import ManifestError, load_plan
 
 MANIFEST = b"""version: 1
 output: ../outputs/{name}

@@ -7,10 +7,10 @@ import pytest
 from imagegen import png_bytes, scene, stripes
 from PIL import Image
 
-from nst_core import images
+from nst_core.engine import images
+from nst_core.engine.params import StyleParams
+from nst_core.engine.transfer import Pair, stylize
 from nst_core.errors import ImageError
-from nst_core.params import StyleParams
-from nst_core.transfer import Pair, stylize
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

@@ -1,6 +1,6 @@
 import torch
 
-from nst_core.optim import BatchedLBFGS
+from nst_core.engine.optim import BatchedLBFGS
 
 
 def rosenbrock(x: torch.Tensor) -> torch.Tensor:

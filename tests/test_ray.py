@@ -15,7 +15,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from flows import runners
 from flows.batch import stylize_batch
-from nst_core import images, storage
+from nst_core.batch import storage
+from nst_core.engine import images
 from nst_core.errors import NstError
 
 MANIFEST = TINY_MANIFEST

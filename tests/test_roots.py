@@ -11,7 +11,7 @@ import pytest
 from cli_runner import run_cli
 from imagegen import png_bytes, scene, stripes
 
-from nst_core import jobs, storage
+from nst_core.batch import jobs, storage
 
 QUICK_S = 2.0
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from imagegen import png_bytes, scene, stripes
 
-from nst_core import jobs, runner, storage
-from nst_core.params import StyleParams
+from nst_core.batch import jobs, runner, storage
+from nst_core.engine.params import StyleParams
 
 PARAMS = StyleParams(size=40, iterations=3, device="cpu", precision="fp32")
 

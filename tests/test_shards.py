@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flows import shards
-from nst_core import jobs, units
-from nst_core.params import StyleParams
+from nst_core.batch import jobs, units
+from nst_core.engine.params import StyleParams
 
 
 def job(index: int, size: int = 64) -> jobs.Job:

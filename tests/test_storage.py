@@ -1,4 +1,4 @@
-"""nst_core.storage against a local folder and a SeaweedFS S3 server, through the same cases."""
+"""nst_core.batch.storage against a local folder and an S3 server, through the same cases."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from s3_server import volume_slots
 
-from nst_core import storage
+from nst_core.batch import storage
+from nst_core.batch.storage import StorageError
 from nst_core.errors import NstError
-from nst_core.storage import StorageError
 
 
 def put(root: str, *names: str, data: bytes = b"x") -> list[str]:

@@ -2,10 +2,10 @@ import pytest
 import torch
 from imagegen import scene, stripes
 
-from nst_core import images, transfer
+from nst_core.engine import images, transfer
+from nst_core.engine.params import StyleParams
+from nst_core.engine.transfer import GramCache, Pair, resolve_precision, stylize, stylize_batch
 from nst_core.errors import ImageError, ParamsError
-from nst_core.params import StyleParams
-from nst_core.transfer import GramCache, Pair, resolve_precision, stylize, stylize_batch
 
 SMALL = {"size": 64, "iterations": 40, "device": "cpu", "precision": "fp32"}
 
@@ -187,7 +187,7 @@ def test_pairs_with_different_schedules_cannot_share_a_batch():
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_amx(monkeypatch):
-    from nst_core import devices
+    from nst_core.engine import devices
 
     monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nst_core import vgg
+from nst_core.engine import vgg
+from nst_core.engine.layers import LAYER_INDEX, LAYER_NAMES, min_side
 from nst_core.errors import WeightsError
-from nst_core.layers import LAYER_INDEX, LAYER_NAMES, min_side
 
 CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 
@@ -76,7 +76,7 @@ def test_feature_stack_is_torchvisions_vgg19_with_relus_not_in_place():
 
 def test_the_engine_does_not_import_torchvision():
     # Importing torchvision costs every worker and CLI process over a second (BENCHMARKS.md).
-    code = "import sys, nst_core.transfer, nst_core.cli; print('torchvision' in sys.modules)"
+    code = "import sys, nst_core.engine.transfer, nst_core.cli; print('torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nst_core.engine.layers import LAYER_NAMES
+from nst_core.engine.limits import Limits
 from nst_core.errors import ParamsError
-from nst_core.layers import LAYER_NAMES
-from nst_core.limits import Limits
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

@@ -33,11 +33,16 @@ from pydantic import (
     field_validator,
 )
 
-from nst_core import storage
+from nst_core.batch import storage
+from nst_core.batch.roots import Roots
+from nst_core.engine.limits import Limits
+from nst_core.engine.params import (
+    BUILTIN_WEIGHTS,
+    StyleParams,
+    format_validation_errors,
+    parse_params,
+)
 from nst_core.errors import NstError, ParamsError
-from nst_core.limits import Limits
-from nst_core.params import BUILTIN_WEIGHTS, StyleParams, format_validation_errors, parse_params
-from nst_core.roots import Roots
 
 MAX_MANIFEST_BYTES = 1 << 20
 DEFAULT_MAX_JOBS = 10_000

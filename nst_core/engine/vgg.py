@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nst_core.engine.layers import CONV_NAMES, LAYER_INDEX, LAYER_NAMES
 from nst_core.errors import WeightsError
-from nst_core.layers import CONV_NAMES, LAYER_INDEX, LAYER_NAMES
 
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 # Caffe's per-channel means, already in RGB order because conv1_1 is flipped to take RGB.

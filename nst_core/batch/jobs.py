@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from nst_core import storage
-from nst_core.limits import Limits
-from nst_core.params import StyleParams
+from nst_core.batch import storage
+from nst_core.engine.limits import Limits
+from nst_core.engine.params import StyleParams
 
 if TYPE_CHECKING:  # torch stays unimported for validate and plan
-    from nst_core.manifest import Plan
-    from nst_core.transfer import Result
+    from nst_core.batch.manifest import Plan
+    from nst_core.engine.transfer import Result
 
 # Bump when a change to the engine changes its outputs for the same inputs and params.
 ENGINE_VERSION = "1"
@@ -121,7 +121,7 @@ def make_job(
 
 def build_jobs(plan: Plan) -> list[Job]:
     """Key every job of a plan (reading each input once); duplicates collapse into one."""
-    from nst_core.images import probe_size
+    from nst_core.engine.images import probe_size
 
     hashes: dict[str, str] = {}
     sizes: dict[str, tuple[int, int] | None] = {}

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nst_core import images, jobs, storage
-from nst_core.claims import JobClaims, claims_folder, generations
+from nst_core.batch import jobs, storage
+from nst_core.batch.claims import JobClaims, claims_folder, generations
+from nst_core.batch.jobs import Job
+from nst_core.engine import images
+from nst_core.engine.limits import Limits
+from nst_core.engine.transfer import GramCache, Pair, Result, stylize_batch
 from nst_core.errors import ImageError, NstError
-from nst_core.jobs import Job
-from nst_core.limits import Limits
-from nst_core.transfer import GramCache, Pair, Result, stylize_batch
 
 
 @dataclass

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nst_core import images
-from nst_core.devices import resolve_device, resolve_precision
+from nst_core.engine import images
+from nst_core.engine.devices import resolve_device, resolve_precision
+from nst_core.engine.layers import min_side
+from nst_core.engine.losses import blend_grams, content_loss, gram, style_loss, tv_loss
+from nst_core.engine.optim import BatchedLBFGS
+from nst_core.engine.params import StyleParams
+from nst_core.engine.vgg import VGGFeatures, load_vgg
 from nst_core.errors import ImageError, ParamsError
-from nst_core.layers import min_side
-from nst_core.losses import blend_grams, content_loss, gram, style_loss, tv_loss
-from nst_core.optim import BatchedLBFGS
-from nst_core.params import StyleParams
-from nst_core.vgg import VGGFeatures, load_vgg
 
 LOSS_NAMES = ("total", "content", "style", "tv")
 # Progress callback: (evaluations done, evaluations in all, per-pair losses of the latest record)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nst_core import storage
+from nst_core.batch import storage
 from nst_core.errors import NstError
 
 

@@ -22,8 +22,8 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from nst_core import processes, storage
-from nst_core.jobs import Job
+from nst_core.batch import processes, storage
+from nst_core.batch.jobs import Job
 
 CLAIMS = "_claims"
 DEFAULT_LEASE_S = 180.0  # NST_CLAIM_LEASE_S; renewed every third of it

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from nst_core import images, storage
-from nst_core.jobs import Job
+from nst_core.batch import storage
+from nst_core.batch.jobs import Job
+from nst_core.engine import images
 
 THUMB = 160
 # A sheet shows at most this many contents (rows) and styles (columns).

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nst_core import storage
-from nst_core.roots import Roots
+from nst_core.batch import storage
+from nst_core.batch.roots import Roots
 
 CLAIMS, DONE, FAILED = ".claims", "done", "failed"
 MAX_CLAIM_BYTES = 64 * 1024  # a claim is a few hundred bytes; anything bigger is not ours

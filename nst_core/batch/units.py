@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from nst_core.images import fit_size
-from nst_core.jobs import Job
-from nst_core.layers import channels
-from nst_core.params import StyleParams
+from nst_core.batch.jobs import Job
+from nst_core.engine.images import fit_size
+from nst_core.engine.layers import channels
+from nst_core.engine.params import StyleParams
 
 # Bytes per output pixel per pair for the network's activations and gradients, by precision.
 # fp32: fitted to peaks measured on the CPU (bench/memory.py, BENCHMARKS.md: 128-1024 px,
