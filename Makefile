@@ -48,10 +48,10 @@ clean:
 # A local Prefect server, work pool, deployments and worker; state under .prefect/.
 .PHONY: up down
 up: $(VENV)/.installed
-	$(BIN)/python -m flows.stack up
+	$(BIN)/python -m tools.stack up
 
 down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m flows.stack down; else echo "nothing was running"; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tools.stack down; else echo "nothing was running"; fi
 
 # CPU benchmark against the tutorial-style baseline; writes BENCHMARKS.md and bench/results/.
 .PHONY: bench

@@ -26,7 +26,6 @@ sizes on any device, to check the script end to end; `--no-compile` skips torch.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import statistics
@@ -34,7 +33,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -43,9 +41,10 @@ from bench.common import Evaluator, inputs, tensors
 from bench.memory import GPU_GRID, one
 from nst_core.batch.units import estimate_bytes
 from nst_core.engine import images
+from nst_core.engine.loop import network_for, stylize_batch
 from nst_core.engine.losses import gram
 from nst_core.engine.params import StyleParams
-from nst_core.engine.transfer import Pair, stylize_batch
+from nst_core.engine.targets import Pair
 from nst_core.engine.vgg import load_vgg
 
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
@@ -223,18 +222,19 @@ class Bench:
         out["final_trace_losses"] = finals
         return out
 
-    def engine_rate(self, batch: int, iterations: int, **overrides) -> dict:
-        return self.engine_run(batch, iterations, **overrides)[0]
+    def engine_rate(self, batch: int, iterations: int, *, parts=None, **overrides) -> dict:
+        return self.engine_run(batch, iterations, parts=parts, **overrides)[0]
 
     def engine_run(
-        self, batch: int, iterations: int, *, repeats: int = 1, **overrides
+        self, batch: int, iterations: int, *, repeats: int = 1, parts=None, **overrides
     ) -> tuple[dict, list]:
         """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes,
-        and the last repeat's results."""
+        and the last repeat's results. `parts` (network, gram_of) go to the engine as is."""
         params = StyleParams(size=self.size, device=self.device, iterations=iterations, **overrides)
 
         def run(params=params):
-            return stylize_batch([Pair(self.content, [self.style], params)] * batch)
+            pairs = [Pair(self.content, [self.style], params)] * batch
+            return stylize_batch(pairs, **(parts or {}))
 
         run(params.model_copy(update={"iterations": 2}))  # cuDNN autotuning, allocator warm-up
         base = self.reset_peak()
@@ -311,10 +311,10 @@ class Bench:
     def levers(self) -> dict:
         n, its = self.batch, self.lever_iterations
         out = {"default": self.engine_rate(n, its)}
-        with mock.patch("nst_core.engine.losses.gram", gram_fp32_path):
-            out["fp32_grams"] = self.engine_rate(n, its)
-            with flags(matmul_tf32=True):
-                out["tf32_grams"] = self.engine_rate(n, its)
+        fp32_grams = {"gram_of": gram_fp32_path}
+        out["fp32_grams"] = self.engine_rate(n, its, parts=fp32_grams)
+        with flags(matmul_tf32=True):
+            out["tf32_grams"] = self.engine_rate(n, its, parts=fp32_grams)
         out["fp32"] = self.engine_rate(n, its, precision="fp32")
         with flags(cudnn_benchmark=True):
             out["cudnn_benchmark_on"] = self.engine_rate(n, its)
@@ -326,10 +326,10 @@ class Bench:
 
     def compiled_engine(self, batch: int, iterations: int) -> dict:
         """The engine with its network under torch.compile; the warm-up holds the compiles."""
-        load = functools.cache(lambda *args: torch.compile(load_vgg(*args)))
+        params = StyleParams(size=self.size, device=self.device)
+        network = torch.compile(network_for(params, self.device))
         began = time.perf_counter()
-        with mock.patch("nst_core.engine.transfer.load_vgg", load):
-            row = self.engine_rate(batch, iterations)
+        row = self.engine_rate(batch, iterations, parts={"network": network})
         return row | {"wall_with_compile_s": time.perf_counter() - began}
 
     def convergence(self) -> dict:

@@ -40,6 +40,8 @@ if str(ROOT) not in sys.path:  # run as a script: `python bench/load.py`
 
 from PIL import Image, ImageDraw  # noqa: E402
 
+from nst_core.batch.records import Record, Summary  # noqa: E402
+
 SIZE, ITERATIONS = 16, 2
 SAMPLE_S = 0.2
 PAGE = resource.getpagesize()
@@ -158,7 +160,7 @@ def run_batch(manifest: Path, prefect_home: Path, log: Path, timeout_s: float) -
     }
     env.pop("PREFECT_API_URL", None)
     env.pop("NST_MEMORY_BUDGET_GB", None)
-    command = [sys.executable, "-m", "nst_core.cli", "run", str(manifest)]
+    command = [sys.executable, "-m", "flows.cli", "run", str(manifest)]
     started, spawned = time.perf_counter(), datetime.now()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -243,14 +245,14 @@ def _stop_leftovers(session: int) -> None:
 
 
 # -- one scenario -------------------------------------------------------------------------
-def results_of(manifest: Path, log: str) -> tuple[dict, list[dict]]:
+def results_of(manifest: Path, log: str) -> tuple[Summary, list[Record]]:
     """The summary this run wrote (named in its output) and every record in the batch."""
     found = re.search(r"^summary:\s+(\S+)$", log, re.MULTILINE)
     if not found:
         raise RuntimeError(f"no summary line in the output of nst run:\n{log[-2000:]}")
-    summary = json.loads(Path(found.group(1)).read_text())
+    summary = Summary.model_validate_json(Path(found.group(1)).read_bytes())
     out = manifest.parent / "out"
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    records = [Record.model_validate_json(p.read_bytes()) for p in sorted(out.glob("*.json"))]
     return summary, records
 
 
@@ -259,28 +261,28 @@ def measure(manifest: Path, prefect_home: Path, label: str, timeout_s: float) ->
     run = run_batch(manifest, prefect_home, manifest.parent / f"{label}.log", timeout_s)
     log = run.pop("log")
     summary, records = results_of(manifest, log)
-    totals = summary["totals"]
-    this_run = {e["key"] for e in summary["jobs"] if e["status"] == "completed"}
-    timings = [r["timings"] for r in records if r.get("key") in this_run]
+    totals = summary.totals
+    this_run = {e.key for e in summary.jobs if e.status == "completed"}
+    timings = [r.timings for r in records if r.key in this_run]
     engine = sum(sum(t.values()) for t in timings)
     optimize = sum(t.get("optimize_s", 0.0) for t in timings)
-    jobs = totals["jobs"]
+    jobs = totals.jobs
     units = re.search(r"(\d+) to run in (\d+) units", log)
     flow_run = run.get("flow_run_s")
     row = {
         "label": label,
         "jobs": jobs,
-        "completed": totals["completed"],
-        "skipped": totals["skipped"],
-        "failed": totals["failed"],
+        "completed": totals.completed,
+        "skipped": totals.skipped,
+        "failed": totals.failed,
         "records": len(records),
         "units": int(units.group(2)) if units else None,
         # summary.json's wall_seconds: from the flow's start until every job has an entry
         # (planning, every unit, collecting); writing the report and artifacts come after.
-        "jobs_phase_s": totals["wall_seconds"],
+        "jobs_phase_s": totals.wall_seconds,
         "engine_s": engine,
         "optimize_s": optimize,
-        "overhead_per_job_s": (totals["wall_seconds"] - engine) / jobs,
+        "overhead_per_job_s": (totals.wall_seconds - engine) / jobs,
         # The whole flow run, as its log says: the jobs phase plus report, contact sheet,
         # loss plot and artifacts.
         "flow_run_overhead_per_job_s": (flow_run - engine) / jobs if flow_run else None,
@@ -330,19 +332,19 @@ def attribute(manifest: Path, prefect_home: Path) -> dict:
         PREFECT_HOME=str(prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-        NST_EMBEDDED_SERVER="1",  # what `nst run` sets
     )
     os.environ.pop("PREFECT_API_URL", None)
     import contextlib
 
     import flows.batch as batch
+    import flows.execute as execute
 
     marks: dict[str, float] = {}
     slots: list[tuple[float, float, float, float]] = []  # asked, held, released, returned
-    real_concurrency, real_load, real_summarize = (
-        batch.concurrency,
+    real_concurrency, real_load, real_run_units = (
+        execute.concurrency,
         batch.load_plan,
-        batch.report.summarize,
+        batch.run_units,
     )
 
     @contextlib.contextmanager
@@ -360,21 +362,23 @@ def attribute(manifest: Path, prefect_home: Path) -> dict:
         marks.setdefault("flow_start", time.perf_counter())
         return real_load(*args, **kwargs)
 
-    def timed_summarize(*args, **kwargs):
-        marks["summarize"] = time.perf_counter()
-        return real_summarize(*args, **kwargs)
+    def timed_run_units(*args, **kwargs):
+        entries = real_run_units(*args, **kwargs)
+        marks["summarize"] = time.perf_counter()  # every job has its entry now
+        return entries
 
-    batch.concurrency, batch.load_plan = timed_concurrency, timed_load
-    batch.report.summarize = timed_summarize
+    # Timers around the flow's steps, in this process only: instrumentation, not parts.
+    execute.concurrency, batch.load_plan = timed_concurrency, timed_load
+    batch.run_units = timed_run_units
     try:
-        summary = batch.stylize_batch(str(manifest))
+        summary = batch.stylize_batch(str(manifest), embedded_server=True)  # as `nst run`
     finally:
-        batch.concurrency, batch.load_plan = real_concurrency, real_load
-        batch.report.summarize = real_summarize
+        execute.concurrency, batch.load_plan = real_concurrency, real_load
+        batch.run_units = real_run_units
     order = sorted(slots, key=lambda s: s[1])
     idle = [nxt[1] - cur[3] for cur, nxt in zip(order, order[1:], strict=False)]
     return {
-        "jobs": summary["totals"]["jobs"],
+        "jobs": summary.totals.jobs,
         "units": len(order),
         "jobs_phase_s": marks["summarize"] - marks["flow_start"],
         "before_first_unit_s": order[0][1] - marks["flow_start"],

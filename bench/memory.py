@@ -27,8 +27,9 @@ from bench.common import machine, write_section
 from nst_core.batch import demo
 from nst_core.batch.units import estimate_bytes
 from nst_core.engine.images import fit_size
+from nst_core.engine.loop import stylize_batch
 from nst_core.engine.params import StyleParams
-from nst_core.engine.transfer import Pair, stylize_batch
+from nst_core.engine.targets import Pair
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_GRID = [(128, 1), (128, 4), (128, 16), (256, 1), (256, 4), (512, 1), (512, 2), (1024, 1)]

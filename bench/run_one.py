@@ -14,8 +14,9 @@ import time
 from bench.baseline import EVALUATIONS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from nst_core.engine import images
+from nst_core.engine.loop import stylize
 from nst_core.engine.params import StyleParams
-from nst_core.engine.transfer import Pair, stylize
+from nst_core.engine.targets import Pair
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from nst_core.batch import jobs, report, units
+from nst_core.batch import jobs, records, units
+from nst_core.batch.records import JobEntry, Record
 
 ADHOC = "stylize-batch/adhoc"
 POLL_S = 2.0
@@ -117,29 +118,29 @@ def _wait(run_ids, *, timeout_s: float, logger) -> list[str]:
 
 
 def entries_after(
-    pending: list[jobs.Job], before: dict[str, dict | None], unfinished: dict[str, str]
-) -> list[dict]:
+    pending: list[jobs.Job], before: dict[str, Record | None], unfinished: dict[str, str]
+) -> list[JobEntry]:
     """Summary entries for the sharded jobs, read back from their records: completed when a
     new completed record is there, failed with its error when a new failed record is, else
     failed because its shard did not finish it."""
     entries = []
     for job in pending:
-        record = jobs.read_record(job.record)
+        record = records.read_record(job.record)
         fresh = record is not None and record != before.get(job.key)
-        if fresh and jobs.completed(job, record):
+        if fresh and record.completes(job):
             seconds = _seconds(record)
-            entries.append(report.job_entry(job, "completed", record=record, seconds=seconds))
-        elif fresh and record.get("status") == "failed" and record.get("key") == job.key:
-            entries.append(report.job_entry(job, "failed", error=record.get("error")))
+            entries.append(JobEntry.of(job, "completed", record=record, seconds=seconds))
+        elif fresh and record.status == "failed" and record.key == job.key:
+            entries.append(JobEntry.of(job, "failed", error=record.error))
         else:
             why = unfinished.get(job.key, "its shard completed without it")
-            entries.append(report.job_entry(job, "failed", error=f"not run: {why}"))
+            entries.append(JobEntry.of(job, "failed", error=f"not run: {why}"))
     return entries
 
 
-def _seconds(record: dict) -> float | None:
+def _seconds(record: Record) -> float | None:
     """Read plus optimise time, as the thread path reports it."""
-    timings = record.get("timings") or {}
+    timings = record.timings or {}
     if "optimize_s" not in timings:
         return None
     return float(timings["optimize_s"]) + float(timings.get("read_s", 0.0))
@@ -149,15 +150,15 @@ def completed_since(cutoff: str | None):
     """The done-test a child uses: with `cutoff` (the parent's start, for `force`), a record
     counts as done only when it was written after it."""
     if cutoff is None:
-        return jobs.completed
+        return records.completed
     start = datetime.fromisoformat(cutoff)
 
-    def done(job: jobs.Job, record: dict | None) -> bool:
-        if not jobs.completed(job, record):
+    def done(job: jobs.Job, record: Record | None) -> bool:
+        if not records.completed(job, record):
             return False
         try:
-            return datetime.fromisoformat(record["created_at"]) >= start
-        except (KeyError, TypeError, ValueError):
+            return datetime.fromisoformat(record.created_at) >= start
+        except ValueError:
             return False
 
     return done

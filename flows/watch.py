@@ -35,6 +35,7 @@ from prefect.states import Cancelled
 
 from flows.shards import ADHOC
 from nst_core.batch import inbox as drop_box
+from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import ManifestError, load_plan
 from nst_core.batch.roots import Roots
 
@@ -133,7 +134,7 @@ def _run_details(claim: drop_box.Claim, run) -> dict:
         "message": run.state.message,
     }
     if claim.output:  # recorded at the start: the manifest may have changed since
-        details["summary"] = f"{claim.output}/_runs/{run.name}/summary.json"
+        details["summary"] = RunLayout(claim.output).summary(run.name)
     return details
 
 

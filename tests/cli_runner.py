@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from nst_core import cli
+from flows import cli
 
 
 def run_cli(args, capsys):

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
@@ -34,7 +36,11 @@ def test_stylize_writes_the_image_and_its_record(image_files, tmp_path, capsys):
     assert record["device"] == "cpu" and record["precision"] == "fp32"
     assert record["weights"] == "caffe"
     assert {"torch", "torchvision", "python"} <= set(record["versions"])
-    assert record["timings"]["total_s"] > 0
+    assert record["timings"]["optimize_s"] > 0 and set(record["timings"]) == {
+        "read_s",
+        "optimize_s",
+        "write_s",
+    }
 
 
 def test_several_styles_blend_with_their_weights(image_files, tmp_path, capsys):
@@ -143,7 +149,7 @@ def test_console_script_runs_end_to_end(image_files, tmp_path):
     content, style = image_files
     out = tmp_path / "cli.png"
     nst = subprocess.run(
-        [sys.executable, "-m", "nst_core.cli", "stylize", content, style, "-o", out, *FAST],
+        [sys.executable, "-m", "flows.cli", "stylize", content, style, "-o", out, *FAST],
         capture_output=True,
         text=True,
         timeout=300,
@@ -164,10 +170,10 @@ def assert_one_line_error(code, err, expected_parts):
 
 
 def test_nst_run_gives_the_embedded_server_its_startup_time(tmp_path):
-    """Prefect reads its settings when it is first imported: `nst run` must set the embedded
-    server's startup timeout (120 s, not Prefect's 20 s, which a busy 2-core machine
-    overran) before anything imports Prefect. The flow is a stand-in that reports the
-    settings it runs under."""
+    """Prefect reads its settings when it is first imported: `nst run` (flows/cli.py) must set
+    the embedded server's startup timeout (120 s, not Prefect's 20 s, which a busy 2-core
+    machine overran) before anything imports Prefect, and tell the flow it runs on that
+    server. The flow is a stand-in that reports the settings and the flag it runs under."""
     from imagegen import TINY_MANIFEST, write_batch
 
     uri = write_batch(str(tmp_path), TINY_MANIFEST)
@@ -178,9 +184,10 @@ def stand_in(**kwargs):
     settings = get_current_settings()
     print("timeout", settings.server.ephemeral.startup_timeout_seconds)
     print("analytics", settings.server.analytics_enabled)
+    print("embedded", kwargs["embedded_server"])
     raise SystemExit(0)
 sys.modules["flows.batch"] = types.SimpleNamespace(stylize_batch=stand_in)
-from nst_core import cli
+from flows import cli
 sys.argv = ["nst", "run", {uri!r}]
 cli.main()
 """
@@ -193,4 +200,30 @@ cli.main()
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["timeout", "120", "analytics", "False"], done.stdout
+    assert done.stdout.split() == [
+        "timeout",
+        "120",
+        "analytics",
+        "False",
+        "embedded",
+        "True",
+    ], done.stdout
+
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    for command in ("stylize", "validate", "plan", "schema", "run", "demo"):
+        assert f"  {command} " in out, out
+
+
+def test_nst_core_imports_neither_prefect_nor_flows():
+    """The layering rule: nst_core runs without Prefect; flows/ builds on it, not back."""
+    root = Path(__file__).resolve().parent.parent / "nst_core"
+    pattern = re.compile(r"^\s*(import|from)\s+(flows|prefect)\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(root.parent))
+        for path in sorted(root.rglob("*.py"))
+        if pattern.search(path.read_text())
+    ]
+    assert offenders == []

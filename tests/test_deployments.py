@@ -1,6 +1,6 @@
 """End to end: a real Prefect server and process worker, real S3, the repo's prefect.yaml.
 
-One module-scoped stack (flows/stack.py, what `make up` runs, here with two workers that
+One module-scoped stack (tools/stack.py, what `make up` runs, here with two workers that
 run one flow run each, as on two GPU hosts) on free loopback ports with a temporary
 PREFECT_HOME; the server's scheduler is off so that the nightly and inbox
 schedules create no runs of their own while the test drives them. Everything it starts, it
@@ -21,8 +21,8 @@ import yaml
 from imagegen import ONE_JOB_PER_UNIT_GB, write_batch
 
 from flows import watch
-from flows.stack import LocalStack, _stop
 from nst_core.batch import storage
+from tools.stack import LocalStack, _stop
 
 MANIFEST = """version: 1
 output: out/{name}
@@ -218,7 +218,7 @@ def completions(stack: LocalStack, run_ids: list[str]) -> list[str]:
 
 def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_bucket):
     uri = write_batch(f"{s3_bucket}/sharded", MANIFEST)
-    nst = [sys.executable, "-m", "nst_core.cli", "run", uri, "--shards", "2"]
+    nst = [sys.executable, "-m", "flows.cli", "run", uri, "--shards", "2"]
     parent = subprocess.run(
         [*nst, "--shard-timeout", str(DEADLINE_S)],
         env=stack.environment(),

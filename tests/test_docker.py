@@ -1,5 +1,6 @@
 """The Dockerfile installs the package the Makefile installs (Docker cannot run here)."""
 
+import fnmatch
 import re
 import tomllib
 from pathlib import Path
@@ -23,9 +24,28 @@ def test_dockerfile_installs_the_project_the_makefile_installs():
         assert needed in copied
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "nst-batch"
-    assert set(
-        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    ) == {"nst_core", "flows"}
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    # What setuptools' find does with these patterns: every package folder whose dotted name
+    # matches one of them.
+    every_package = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in ROOT.rglob("__init__.py")
+        if ".venv" not in init.parts
+    }
+    packaged = {
+        name
+        for name in every_package
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in find["find"]["include"])
+    }
+    layers = {name for name in every_package if name.split(".")[0] in ("nst_core", "flows")}
+    assert packaged == layers  # every layer and subpackage; tools/, tests/, bench/ stay out
+    assert {"nst_core.engine", "nst_core.batch", "nst_core.batch.storage"} <= packaged
+
+
+def test_dockerfile_weights_check_imports_a_module_that_exists():
+    run = next(arg for op, arg in instructions() if op == "RUN" and "caffe_state_dict" in arg)
+    module = re.search(r"from ([\w.]+) import caffe_state_dict", run)[1]
+    assert (ROOT / Path(*module.split("."))).with_suffix(".py").exists(), module
 
 
 def test_base_image_torch_satisfies_the_declared_range():

@@ -25,15 +25,15 @@ def make_batch(root: str, manifest: str = MANIFEST) -> str:
     return write_batch(root, manifest)
 
 
-def run_folder(summary: dict) -> str:
-    return summary["run_folder"]
+def run_folder(summary) -> str:
+    return summary.run_folder
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_2x2_batch_writes_images_records_and_a_report(backend, tmp_path, prefect_server, request):
     root = str(tmp_path) if backend == "local" else request.getfixturevalue("s3_bucket")
     summary = stylize_batch(make_batch(root))
-    assert summary["totals"]["completed"] == 4 and summary["totals"]["failed"] == 0
+    assert summary.totals.completed == 4 and summary.totals.failed == 0
     found = job_records(root)
     assert len(found) == 4
     for record in found.values():
@@ -78,18 +78,18 @@ def test_rerun_skips_done_jobs_and_force_recomputes(tmp_path, prefect_server):
     stylize_batch(uri)
     first = {u: r["created_at"] for u, r in job_records(str(tmp_path)).items()}
     again = stylize_batch(uri)
-    assert again["totals"]["skipped"] == 4 and again["totals"]["completed"] == 0
+    assert again.totals.skipped == 4 and again.totals.completed == 0
     assert {u: r["created_at"] for u, r in job_records(str(tmp_path)).items()} == first
     time.sleep(1.1)  # created_at has one-second resolution
     forced = stylize_batch(uri, force=True)
-    assert forced["totals"]["completed"] == 4
+    assert forced.totals.completed == 4
     assert all(r["created_at"] != first[u] for u, r in job_records(str(tmp_path)).items())
 
 
 def test_params_override_the_manifest_defaults(tmp_path, prefect_server):
     uri = make_batch(str(tmp_path))
     summary = stylize_batch(uri, params={"iterations": 3, "size": 32})
-    assert summary["totals"]["completed"] == 4
+    assert summary.totals.completed == 4
     for record in job_records(str(tmp_path)).values():
         assert record["params"]["iterations"] == 3
         assert record["output_size"] == [32, 24]
@@ -130,7 +130,7 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "NST_MEMORY_BUDGET_GB": ONE_JOB_PER_UNIT_GB,  # one job per unit: records one by one
     }
-    nst = [sys.executable, "-m", "nst_core.cli", "run", uri]
+    nst = [sys.executable, "-m", "flows.cli", "run", uri]
     log = tmp_path / "first.log"
     with log.open("wb") as output:
         first = subprocess.Popen(
@@ -165,10 +165,10 @@ def test_units_on_one_device_never_overlap(tmp_path, prefect_server, monkeypatch
     """The device's Prefect concurrency limit (1 slot) serialises units, even across threads."""
     from prefect.client.orchestration import get_client
 
-    from flows import batch
+    from flows import execute
 
     windows = []
-    real = batch.runner.run_unit
+    real = execute.runner.run_unit
 
     def timed(*args, **kwargs):
         start = time.monotonic()
@@ -177,16 +177,16 @@ def test_units_on_one_device_never_overlap(tmp_path, prefect_server, monkeypatch
         windows.append((start, time.monotonic()))
         return outcomes
 
-    monkeypatch.setattr(batch.runner, "run_unit", timed)
+    monkeypatch.setattr(execute.runner, "run_unit", timed)
     monkeypatch.setenv("NST_MEMORY_BUDGET_GB", ONE_JOB_PER_UNIT_GB)
     summary = stylize_batch(make_batch(str(tmp_path)))
-    assert summary["totals"]["completed"] == 4 and len(windows) == 4
+    assert summary.totals.completed == 4 and len(windows) == 4
     windows.sort()
     assert all(
         a_end <= b_start for (_, a_end), (b_start, _) in zip(windows, windows[1:], strict=False)
     )
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(batch.device_limit_name("cpu"))
+        limit = client.read_global_concurrency_limit_by_name(execute.device_limit_name("cpu"))
     assert limit.limit == 1
 
 
@@ -228,7 +228,7 @@ def test_nst_run_rejects_an_unknown_runner_and_shards_without_a_server(
 
 def test_sharded_dry_run_shows_the_split(tmp_path, prefect_server):
     summary = stylize_batch(make_batch(str(tmp_path)), dry_run=True, shards=3)
-    assert sorted(summary["shards"]) == [1, 1, 2] and summary["units"] == [4]
+    assert sorted(summary.shards) == [1, 1, 2] and summary.units == [4]
 
 
 def test_out_of_memory_splits_units_and_the_batch_still_finishes(
@@ -251,7 +251,7 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
 
     monkeypatch.setattr(runner, "stylize_batch", one_pair_fits)
     summary = stylize_batch(make_batch(str(tmp_path)))
-    assert summary["totals"]["completed"] == 4 and summary["totals"]["failed"] == 0
+    assert summary.totals.completed == 4 and summary.totals.failed == 0
     assert sorted(batch_sizes) == [1, 1, 1, 1, 2, 2]  # two units of 2, each split once
     assert all(r["batch_size"] == 1 for r in job_records(str(tmp_path)).values())
 

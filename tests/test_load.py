@@ -28,30 +28,30 @@ def test_60_jobs_complete_once_each_and_a_rerun_skips_them(tmp_path, prefect_ser
     run = stylize_batch.with_options(timeout_seconds=300)
 
     summary = run(str(manifest))
-    totals = summary["totals"]
-    assert (totals["jobs"], totals["completed"], totals["failed"], totals["skipped"]) == (
+    totals = summary.totals
+    assert (totals.jobs, totals.completed, totals.failed, totals.skipped) == (
         JOBS,
         JOBS,
         0,
         0,
     )
-    assert len({e["key"] for e in summary["jobs"]}) == JOBS
-    assert all(e["status"] == "completed" for e in summary["jobs"])
+    assert len({e.key for e in summary.jobs}) == JOBS
+    assert all(e.status == "completed" for e in summary.jobs)
     records, images = outputs(tmp_path)
     # One record per job, each naming its own image; nothing else and nothing half-written.
     assert len(records) == JOBS and len(images) == JOBS
-    assert {r["key"] for r in records} == {e["key"] for e in summary["jobs"]}
+    assert {r["key"] for r in records} == {e.key for e in summary.jobs}
     assert sorted(Path(r["output"]) for r in records) == images
     assert all(r["status"] == "completed" and r["output_size"] == [16, 16] for r in records)
     assert all(r["params"]["iterations"] == 2 for r in records)
     inputs = {(r["inputs"]["content"]["uri"], r["inputs"]["styles"][0]["uri"]) for r in records}
     assert len(inputs) == JOBS  # every content x style pair, once
     assert not list(tmp_path.rglob("*.part"))
-    written = json.loads(Path(summary["run_folder"], "summary.json").read_text())
-    assert written["totals"] == totals
+    written = json.loads(Path(summary.run_folder, "summary.json").read_text())
+    assert written["totals"] == totals.model_dump()
 
     again = run(str(manifest))
-    assert again["totals"]["skipped"] == JOBS and again["totals"]["completed"] == 0
+    assert again.totals.skipped == JOBS and again.totals.completed == 0
     after, images_after = outputs(tmp_path)
     assert after == records and images_after == images  # untouched, still one each
     assert len(list((tmp_path / "out" / "_runs").iterdir())) == 2

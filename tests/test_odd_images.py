@@ -8,8 +8,9 @@ from imagegen import png_bytes, scene, stripes
 from PIL import Image
 
 from nst_core.engine import images
+from nst_core.engine.loop import stylize
 from nst_core.engine.params import StyleParams
-from nst_core.engine.transfer import Pair, stylize
+from nst_core.engine.targets import Pair
 from nst_core.errors import ImageError
 
 

@@ -52,7 +52,7 @@ def test_ray_runner_gives_the_thread_runners_outputs_on_s3(
     thread_root, ray_root = f"{s3_bucket}/thread", f"{s3_bucket}/ray"
     by_threads = stylize_batch(write_batch(thread_root, MANIFEST), task_runner="thread")
     by_ray = stylize_batch(write_batch(ray_root, MANIFEST), task_runner="ray")
-    assert by_threads["totals"]["completed"] == by_ray["totals"]["completed"] == 4
+    assert by_threads.totals.completed == by_ray.totals.completed == 4
 
     # The units really ran in Ray worker processes of the local Ray.
     logs = next(local_ray.glob("session_2*/logs"))
@@ -74,7 +74,7 @@ def test_ray_runner_gives_the_thread_runners_outputs_on_s3(
     secret = storage.s3_client()._request_signer._credentials.secret_key
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[by_ray["run"]]))
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[by_ray.run]))
         )
         task_runs = client.read_task_runs()
     unit_runs = [t for t in task_runs if t.flow_run_id == runs[0].id and t.name.startswith("unit")]

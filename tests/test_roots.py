@@ -186,4 +186,4 @@ def test_the_flow_enforces_roots_and_the_pinned_manifest(area, prefect_server):
     pinned = jobs.sha256(storage.read_bytes(path))
     roots = {"read_roots": [str(area)], "write_roots": [str(area)]}
     summary = stylize_batch(path, manifest_sha256=pinned, dry_run=True, **roots)
-    assert summary["jobs"] == 1
+    assert summary.jobs == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from imagegen import png_bytes, scene, stripes
 
-from nst_core.batch import jobs, runner, storage
+from nst_core.batch import jobs, records, runner, storage
 from nst_core.engine.params import StyleParams
 
 PARAMS = StyleParams(size=40, iterations=3, device="cpu", precision="fp32")
@@ -44,8 +44,8 @@ def test_a_job_the_engine_rejects_fails_alone(tmp_path):
     outcomes = runner.run_unit(unit, "cpu")
     assert [o.status for o in outcomes] == ["completed", "failed", "completed"]
     assert "too small for layer relu5_1" in outcomes[1].error
-    assert jobs.read_record(unit[1].record)["status"] == "failed"
-    assert all(jobs.is_done(j) for j in (unit[0], unit[2]))
+    assert records.read_record(unit[1].record).status == "failed"
+    assert all(records.is_done(j) for j in (unit[0], unit[2]))
 
 
 def test_out_of_memory_splits_the_unit_until_it_fits(tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_out_of_memory_splits_the_unit_until_it_fits(tmp_path, monkeypatch):
     outcomes = runner.run_unit(unit, "cpu")
     assert [o.status for o in outcomes] == ["completed"] * 4
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
-    assert all(jobs.read_record(j.record)["batch_size"] == 1 for j in unit)
+    assert all(records.read_record(j.record).batch_size == 1 for j in unit)
 
 
 def test_out_of_memory_for_a_single_job_fails_it_with_the_reason(tmp_path, monkeypatch):

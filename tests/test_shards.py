@@ -1,13 +1,13 @@
 """How a batch is cut into shards, and how a shard decides what is done (no server needed)."""
 
-import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from flows import shards
-from nst_core.batch import jobs, units
+from nst_core.batch import jobs, records, units
+from nst_core.batch.records import Record
 from nst_core.engine.params import StyleParams
 
 
@@ -46,37 +46,39 @@ def test_shards_balance_pixels_not_job_counts():
     assert max(pixels) <= 2 * min(pixels), pixels
 
 
+def completed_record(one: jobs.Job, at: datetime, **fields) -> Record:
+    record = Record.failed(one, "").model_copy(update={"status": "completed", "error": None})
+    return record.model_copy(update={"created_at": at.isoformat(timespec="seconds"), **fields})
+
+
 def test_a_retried_forced_shard_skips_what_its_first_attempt_finished():
     started = datetime.now(UTC)
     one = job(1)
-    before = {"status": "completed", "key": one.key, "created_at": (started - timedelta(hours=1))}
-    after = {"status": "completed", "key": one.key, "created_at": started + timedelta(seconds=5)}
-    for record in (before, after):
-        record["created_at"] = record["created_at"].isoformat(timespec="seconds")
+    before = completed_record(one, started - timedelta(hours=1))
+    after = completed_record(one, started + timedelta(seconds=5))
     done = shards.completed_since(started.isoformat(timespec="seconds"))
     assert not done(one, before)  # older than the forced batch: recompute
     assert done(one, after)  # written by this batch's first attempt: skip
-    assert not done(one, None) and not done(one, after | {"key": "other"})
-    assert shards.completed_since(None) is jobs.completed
+    assert not done(one, None) and not done(one, after.model_copy(update={"key": "other"}))
+    assert shards.completed_since(None) is records.completed
 
 
 def test_entries_come_from_the_records_a_shard_left(tmp_path):
     at = [replace(job(i), record=str(tmp_path / f"{i}.json")) for i in range(4)]
     done, failed, missing, stale = at
-    old = jobs.failed_record(stale, "an earlier run's error")
-    (tmp_path / stale.record).write_text(json.dumps(old))
-    (tmp_path / done.record).write_text(
-        json.dumps({"status": "completed", "key": done.key, "timings": {"optimize_s": 2.0}})
-    )
-    (tmp_path / failed.record).write_text(json.dumps(jobs.failed_record(failed, "bad pixels")))
+    old = Record.failed(stale, "an earlier run's error")
+    (tmp_path / stale.record).write_bytes(old.to_json())
+    finished = completed_record(done, datetime.now(UTC), timings={"optimize_s": 2.0})
+    (tmp_path / done.record).write_bytes(finished.to_json())
+    (tmp_path / failed.record).write_bytes(Record.failed(failed, "bad pixels").to_json())
     entries = shards.entries_after(
         [done, failed, missing, stale],
         before={stale.key: old},
         unfinished={missing.key: "its shard ended crashed"},
     )
-    by_key = {e["key"]: e for e in entries}
-    assert by_key[done.key]["status"] == "completed" and by_key[done.key]["seconds"] == 2.0
-    assert by_key[failed.key]["status"] == "failed" and by_key[failed.key]["error"] == "bad pixels"
-    assert by_key[missing.key]["error"] == "not run: its shard ended crashed"
+    by_key = {e.key: e for e in entries}
+    assert by_key[done.key].status == "completed" and by_key[done.key].seconds == 2.0
+    assert by_key[failed.key].status == "failed" and by_key[failed.key].error == "bad pixels"
+    assert by_key[missing.key].error == "not run: its shard ended crashed"
     # An old failed record is not this run's outcome.
-    assert by_key[stale.key]["error"] == "not run: its shard completed without it"
+    assert by_key[stale.key].error == "not run: its shard completed without it"

@@ -2,9 +2,12 @@ import pytest
 import torch
 from imagegen import scene, stripes
 
-from nst_core.engine import images, transfer
+from nst_core.engine import images, losses, targets
+from nst_core.engine.devices import resolve_precision
+from nst_core.engine.loop import lbfgs_steps, network_for, stylize, stylize_batch
+from nst_core.engine.objective import clamp_straight_through
 from nst_core.engine.params import StyleParams
-from nst_core.engine.transfer import GramCache, Pair, resolve_precision, stylize, stylize_batch
+from nst_core.engine.targets import GramCache, Pair
 from nst_core.errors import ImageError, ParamsError
 
 SMALL = {"size": 64, "iterations": 40, "device": "cpu", "precision": "fp32"}
@@ -84,13 +87,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_the_engine_couples_no_pair_to_its_batch(monkeypatch, one_thread):
+def test_the_engine_couples_no_pair_to_its_batch(one_thread):
     """With batch-invariant arithmetic, a pair's output is identical alone or batched."""
-    real = transfer.load_vgg
-    monkeypatch.setattr(transfer, "load_vgg", lambda *a: PerSampleNetwork(real(*a)))
     pairs = mixed_pairs(iterations=15)
-    for pair, together in zip(pairs, stylize_batch(pairs), strict=True):
-        alone = stylize(pair)
+    network = PerSampleNetwork(network_for(pairs[0].params, "cpu"))
+    batched = stylize_batch(pairs, network=network)
+    for pair, together in zip(pairs, batched, strict=True):
+        alone = stylize(pair, network=network)
         assert images.encode_image(alone.image, "a.png") == images.encode_image(
             together.image, "b.png"
         )
@@ -219,7 +222,7 @@ def test_gram_cache_keeps_the_most_recently_used_entries():
 def test_the_clamp_shows_the_written_values_but_passes_the_whole_gradient():
     # Pixels pushed past 0 or 1 must still feel the loss, or they stay out for good.
     x = torch.tensor([-0.5, 0.25, 1.5], requires_grad=True)
-    y = transfer.clamp_straight_through(x)
+    y = clamp_straight_through(x)
     assert y.tolist() == [0.0, 0.25, 1.0]
     (y * torch.tensor([2.0, 3.0, -4.0])).sum().backward()
     assert x.grad.tolist() == [2.0, 3.0, -4.0]
@@ -237,7 +240,7 @@ def test_colour_preserving_targets_never_mix_up_two_contents(monkeypatch):
         pair = Pair(content, [style], settings, style_ids=["the-style"])
         return images.to_tensor(stylize(pair, cache=cache).image)
 
-    monkeypatch.setattr(transfer, "id", lambda obj: 4242, raising=False)  # one address for all
+    monkeypatch.setattr(targets, "id", lambda obj: 4242, raising=False)  # one address for all
     shared = GramCache()
     run(first, shared)
     mixed = run(second, shared)
@@ -247,3 +250,33 @@ def test_colour_preserving_targets_never_mix_up_two_contents(monkeypatch):
     assert Pair(first, [style], content_id="abc").content_identity() == "abc"
     assert Pair(first, [style]).content_identity() == Pair(first.copy(), [style]).content_identity()
     assert Pair(first, [style]).content_identity() != Pair(second, [style]).content_identity()
+
+
+def test_the_network_optimiser_and_gram_are_parts_a_caller_passes(content_image, style_image):
+    """What a test or benchmark hands the engine is what runs: nothing needs patching."""
+    settings = params(iterations=4, size=32)
+    calls = {"network": 0, "optimizer": 0, "gram": 0}
+
+    class CountedNetwork(PerSampleNetwork):
+        def forward(self, x):
+            calls["network"] += 1
+            return self.inner(x)
+
+    def optimizer(x, p):
+        calls["optimizer"] += 1
+        return lbfgs_steps(x, p)
+
+    def gram_of(features):
+        calls["gram"] += 1
+        return losses.gram(features)
+
+    result = stylize(
+        Pair(content_image, [style_image], settings),
+        network=CountedNetwork(network_for(settings, "cpu")),
+        optimizer=optimizer,
+        gram_of=gram_of,
+    )
+    assert calls["optimizer"] == 1
+    assert calls["network"] == 1 + 1 + 4  # the content, the style, then each evaluation
+    assert calls["gram"] == len(settings.style_layers) * (1 + 4)
+    assert [row["evaluation"] for row in result.history] == [4]

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 
 from nst_core.batch import processes, storage
 from nst_core.batch.jobs import Job
+from nst_core.batch.layout import RunLayout
 
-CLAIMS = "_claims"
 DEFAULT_LEASE_S = 180.0  # NST_CLAIM_LEASE_S; renewed every third of it
 _NAME = re.compile(r"^(?P<key>[0-9a-f]{64})\.(?P<generation>\d+)\.json$")
 _HOST = socket.gethostname()
@@ -39,7 +39,7 @@ def lease_seconds() -> float:
 
 
 def claims_folder(job: Job) -> str:
-    return f"{storage.parent(job.output)}/{CLAIMS}"
+    return RunLayout(storage.parent(job.output)).claims
 
 
 def claim_uri(job: Job, generation: int) -> str:

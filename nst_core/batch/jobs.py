@@ -1,30 +1,27 @@
-"""Job identity, output layout and the metadata record: the one place that names outputs.
+"""Job identity: what one output is made of, and the content address that names it.
 
 A job's key is a content address: sha256 over its input bytes' hashes, the style blend
 weights, the parameters that shape the result, the output format and the engine version.
 Same inputs and parameters, same key, same output name; any change, a new name. A job is
-done when the record beside its image says `completed` with the same key.
+done when the record beside its image says `completed` with the same key (records.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from importlib import metadata
 from typing import TYPE_CHECKING
 
 from nst_core.batch import storage
+from nst_core.batch.layout import RunLayout
 from nst_core.engine.limits import Limits
 from nst_core.engine.params import StyleParams
 
-if TYPE_CHECKING:  # torch stays unimported for validate and plan
+if TYPE_CHECKING:
     from nst_core.batch.manifest import Plan
-    from nst_core.engine.transfer import Result
 
 # Bump when a change to the engine changes its outputs for the same inputs and params.
 ENGINE_VERSION = "1"
@@ -35,16 +32,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("nst-batch", "torch", "torchvision", "pillow", "prefect"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def safe_stem(uri: str) -> str:
@@ -106,7 +93,7 @@ def make_job(
     )
     style_stem = "+".join(safe_stem(uri) for uri, _ in styles)
     stem = f"{safe_stem(content)}--{style_stem[:120]}--{key[:8]}"
-    base = output_dir.rstrip("/")
+    layout = RunLayout(output_dir)
     return Job(
         content=content,
         content_sha=content_sha,
@@ -114,8 +101,8 @@ def make_job(
         style_shas=style_shas,
         params=params,
         key=key,
-        output=f"{base}/{stem}.{fmt}",
-        record=f"{base}/{stem}.json",
+        output=layout.image(stem, fmt),
+        record=layout.record(stem),
     )
 
 
@@ -147,84 +134,3 @@ def build_jobs(plan: Plan) -> list[Job]:
         )
         jobs.setdefault(job.key, replace(job, content_size=sizes[spec.content]))
     return list(jobs.values())
-
-
-def read_record(uri: str) -> dict | None:
-    """The record at `uri`, or None when it is missing or unreadable (then the job reruns)."""
-    try:
-        record = json.loads(storage.read_bytes(uri))
-    except (storage.StorageError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def completed(job: Job, record: dict | None) -> bool:
-    """Whether `record` (read from job.record) says this very job completed."""
-    return bool(record) and record.get("status") == "completed" and record.get("key") == job.key
-
-
-def is_done(job: Job) -> bool:
-    return completed(job, read_record(job.record))
-
-
-def record_inputs(content: str, content_sha: str, styles, style_shas) -> dict:
-    """A record's `inputs`: the content and each (style URI, weight) with its bytes' sha256."""
-    return {
-        "content": {"uri": content, "sha256": content_sha},
-        "styles": [
-            {"uri": uri, "sha256": sha, "weight": weight}
-            for (uri, weight), sha in zip(styles, style_shas, strict=True)
-        ],
-    }
-
-
-def job_inputs(job: Job) -> dict:
-    return record_inputs(job.content, job.content_sha, job.styles, job.style_shas)
-
-
-def failed_record(job: Job, error: str) -> dict:
-    """The record of a job that failed: why, and what it was; it never counts as done."""
-    return {
-        "status": "failed",
-        "key": job.key,
-        "output": job.output,
-        "error": error,
-        "engine_version": ENGINE_VERSION,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": job_inputs(job),
-        "params": job.params.model_dump(mode="json"),
-    }
-
-
-def build_record(
-    *,
-    output: str,
-    inputs: dict,
-    params: StyleParams,
-    result: Result,
-    timings: dict[str, float],
-    key: str | None = None,
-) -> dict:
-    """The record of one completed output (fields documented in README.md); `inputs` comes
-    from record_inputs()."""
-    return {
-        "status": "completed",
-        "key": key,
-        "output": output,
-        "engine_version": ENGINE_VERSION,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": inputs,
-        "params": params.model_dump(mode="json"),
-        "output_size": list(result.image.size),
-        "device": result.device,
-        "precision": result.precision,
-        "weights": params.weights,
-        "batch_size": result.batch_size,
-        "losses": {"final": result.final, "history": result.history},
-        "timings": {name: round(value, 3) for name, value in timings.items()},
-        "versions": package_versions(),
-    }
-
-
-def json_bytes(record: dict) -> bytes:
-    return (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from nst_core.batch import storage
-from nst_core.batch.jobs import Job
+from nst_core.batch.records import JobEntry, Summary
 from nst_core.engine import images
 
 THUMB = 160
@@ -33,79 +33,25 @@ PALETTE = [
 ]
 
 
-# A job's status in a run: `elsewhere` is a job another run was computing at the time.
-STATUSES = ("completed", "failed", "skipped", "elsewhere")
-
-
-def totals_line(totals: dict) -> str:
-    """ "4 completed, 0 failed, 0 skipped" (and ", N running elsewhere" when there are)."""
-    line = (
-        f"{totals['completed']} completed, {totals['failed']} failed, {totals['skipped']} skipped"
-    )
-    return line + (f", {totals['elsewhere']} running elsewhere" if totals.get("elsewhere") else "")
-
-
-def job_entry(
-    job: Job,
-    status: str,
-    *,
-    record: dict | None = None,
-    error: str | None = None,
-    seconds: float | None = None,
-) -> dict:
-    """One job's line in summary.json, and its loss history for the run's plot (summarize()
-    leaves the history out: the record has it)."""
-    losses = (record or {}).get("losses", {})
-    return {
-        "key": job.key,
-        "label": job.label,
-        "content": job.content,
-        "styles": [{"uri": uri, "weight": weight} for uri, weight in job.styles],
-        "status": status,
-        "output": job.output,
-        "record": job.record,
-        "losses": losses.get("final"),
-        "seconds": seconds,
-        "error": error,
-        "history": losses.get("history") or [],
-    }
-
-
-def summarize(run_name: str, manifest: str, entries: list[dict], wall_seconds: float) -> dict:
-    counts = {s: sum(e["status"] == s for e in entries) for s in STATUSES}
-    done_now = counts["completed"]
-    return {
-        "run": run_name,
-        "manifest": manifest,
-        "jobs": [{k: v for k, v in e.items() if k != "history"} for e in entries],
-        "totals": {
-            "jobs": len(entries),
-            **counts,
-            "wall_seconds": round(wall_seconds, 2),
-            "images_per_hour": round(done_now / wall_seconds * 3600, 1) if wall_seconds else 0.0,
-        },
-    }
-
-
-def markdown_report(summary: dict) -> str:
-    totals = summary["totals"]
+def markdown_report(summary: Summary) -> str:
+    totals = summary.totals
     lines = [
-        f"# Style transfer run `{summary['run']}`",
+        f"# Style transfer run `{summary.run}`",
         "",
-        f"Manifest: `{summary['manifest']}`",
+        f"Manifest: `{summary.manifest}`",
         "",
-        f"**{totals_line(totals)}** of {totals['jobs']} jobs in {totals['wall_seconds']:.1f} s "
-        f"({totals['images_per_hour']:.1f} images/hour).",
+        f"**{totals.line()}** of {totals.jobs} jobs in {totals.wall_seconds:.1f} s "
+        f"({totals.images_per_hour:.1f} images/hour).",
         "",
         "| job | status | seconds | total loss | style loss | content loss | output / error |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    for entry in summary["jobs"]:
-        losses = entry["losses"] or {}
-        seconds = f"{entry['seconds']:.1f}" if entry["seconds"] is not None else ""
-        where = entry["error"] if entry["status"] == "failed" else entry["output"]
+    for entry in summary.jobs:
+        losses = entry.losses or {}
+        seconds = f"{entry.seconds:.1f}" if entry.seconds is not None else ""
+        where = entry.error if entry.status == "failed" else entry.output
         lines.append(
-            f"| {_md(entry['label'])} | {entry['status']} | {seconds} | "
+            f"| {_md(entry.label)} | {entry.status} | {seconds} | "
             f"{_num(losses.get('total'))} | {_num(losses.get('style'))} | "
             f"{_num(losses.get('content'))} | {_md(str(where))} |"
         )
@@ -120,18 +66,18 @@ def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else ""
 
 
-def contact_sheet(entries: list[dict]) -> bytes:
+def contact_sheet(entries: list[JobEntry]) -> bytes:
     """A labelled grid: styles across the top, contents down the side, outputs where they meet.
 
     Big batches show their first SHEET_ROWS contents and SHEET_COLUMNS styles, with a footer
     saying so: the sheet is for eyes (and JPEG stops at 65,500 px); summary.json lists all.
     """
-    all_rows = list(dict.fromkeys(e["content"] for e in entries))
+    all_rows = list(dict.fromkeys(e.content for e in entries))
     all_columns = list(dict.fromkeys(_style_label(e) for e in entries))
     rows, columns = all_rows[:SHEET_ROWS], all_columns[:SHEET_COLUMNS]
     column_of = {label: c for c, label in enumerate(columns, start=1)}
     row_of = {content: r for r, content in enumerate(rows, start=1)}
-    column_styles = {_style_label(e): e["styles"] for e in entries}
+    column_styles = {_style_label(e): e.styles for e in entries}
     font = ImageFont.load_default()
     cell_h = THUMB + LABEL_H
     cut = len(rows) < len(all_rows) or len(columns) < len(all_columns)
@@ -148,20 +94,20 @@ def contact_sheet(entries: list[dict]) -> bytes:
 
     for label, c in column_of.items():
         styles = column_styles[label]
-        cell(c, 0, label, _thumbnail(styles[0]["uri"]) if len(styles) == 1 else None)
+        cell(c, 0, label, _thumbnail(styles[0].uri) if len(styles) == 1 else None)
     for content, r in row_of.items():
         cell(0, r, storage.name(content), _thumbnail(content))
     for entry in entries:
-        r, c = row_of.get(entry["content"]), column_of.get(_style_label(entry))
+        r, c = row_of.get(entry.content), column_of.get(_style_label(entry))
         if r is None or c is None:
             continue
-        if entry["status"] in ("failed", "elsewhere"):
+        if entry.status in ("failed", "elsewhere"):
             x, y = c * THUMB, r * cell_h + LABEL_H
-            colour = "red" if entry["status"] == "failed" else "grey"
+            colour = "red" if entry.status == "failed" else "grey"
             draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline=colour, width=3)
-            draw.text((x + 10, y + THUMB // 2), entry["status"], fill=colour, font=font)
+            draw.text((x + 10, y + THUMB // 2), entry.status, fill=colour, font=font)
         else:
-            cell(c, r, None, _thumbnail(entry["output"]))
+            cell(c, r, None, _thumbnail(entry.output))
     if cut:
         note = (
             f"showing {len(rows)} of {len(all_rows)} contents and {len(columns)} of "
@@ -173,8 +119,8 @@ def contact_sheet(entries: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def _style_label(entry: dict) -> str:
-    return " + ".join(storage.name(s["uri"]) for s in entry["styles"])
+def _style_label(entry: JobEntry) -> str:
+    return " + ".join(storage.name(s.uri) for s in entry.styles)
 
 
 def _clip(text: str, limit: int = 24) -> str:

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nst_core.batch import jobs, storage
+from nst_core.batch import records, storage
 from nst_core.batch.claims import JobClaims, claims_folder, generations
 from nst_core.batch.jobs import Job
+from nst_core.batch.records import Inputs, Record, Status
 from nst_core.engine import images
 from nst_core.engine.limits import Limits
-from nst_core.engine.transfer import GramCache, Pair, Result, stylize_batch
+from nst_core.engine.loop import Progress, Result, stylize_batch
+from nst_core.engine.targets import GramCache, Pair
 from nst_core.errors import ImageError, NstError
 
 
@@ -35,10 +37,10 @@ class Outcome:
     """What happened to one job of a unit."""
 
     job: Job
-    status: str  # completed | failed | skipped | elsewhere (another run is computing it)
+    status: Status  # `elsewhere`: another run is computing it
     seconds: float = 0.0
     error: str | None = None
-    record: dict | None = field(default=None, repr=False)
+    record: Record | None = field(default=None, repr=False)
 
 
 OnJob = Callable[[Outcome], None]
@@ -53,6 +55,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+@dataclass
+class UnitOptions:
+    """How a unit runs. The flow takes the defaults; `nst stylize` runs one job unclaimed,
+    recomputed, with a progress bar, and leaves no record when it fails."""
+
+    force: bool = False  # recompute jobs already done (only those no live run holds)
+    claim: bool = True  # claim each job first (claims.py), so two runs never compute it twice
+    record_failures: bool = True  # a failed job gets a `failed` record
+    progress: Progress | None = None  # the engine's progress callback
+
+
+class _Unclaimed:
+    """Claims for a unit that takes none: every job is this run's."""
+
+    def take(self, job: Job, seen) -> bool:
+        return True
+
+    def release(self, key: str) -> None:
+        pass
+
+
 def run_unit(
     unit: list[Job],
     device: str,
@@ -60,15 +83,17 @@ def run_unit(
     cache: GramCache | None = None,
     on_job: OnJob | None = None,
     force: bool = False,
+    options: UnitOptions | None = None,
 ) -> list[Outcome]:
     """Stylise `unit` on `device`; one Outcome per job, in order.
 
-    Each job is claimed first (nst_core/claims.py): a job another run is computing right now
-    comes back `elsewhere`, and `force` recomputes only jobs that no live run holds.
+    Each job is claimed first (nst_core/batch/claims.py): a job another run is computing
+    right now comes back `elsewhere`, and `force` recomputes only jobs no live run holds.
     """
-    cache = cache or GramCache()
+    options = options or UnitOptions(force=force)
     outcomes: dict[str, Outcome] = {}
-    with JobClaims() as held:
+    claims = JobClaims() if options.claim else contextlib.nullcontext(_Unclaimed())
+    with claims as held:
 
         def finish(outcome: Outcome) -> None:
             held.release(outcome.job.key)  # recorded (or failed): nothing left to guard
@@ -76,74 +101,100 @@ def run_unit(
             if on_job:
                 on_job(outcome)
 
+        batch = _Batch(cache or GramCache(), options, finish)
+        loaded = _claim_and_load(unit, device, held, batch, options)
+        batch.run(loaded)
+    return [outcomes[job.key] for job in unit]
+
+
+def _claim_and_load(unit: list[Job], device: str, held, batch: _Batch, options: UnitOptions):
+    """Each job claimed and its inputs read: (job, its engine input, seconds to read it).
+    Jobs done already, held elsewhere or unreadable are finished here."""
+    seen = {}
+    if options.claim:
         seen = {
             key: gens
             for folder in dict.fromkeys(claims_folder(job) for job in unit)
             for key, gens in generations(folder).items()
         }
-        loaded: list[tuple[Job, Pair, float]] = []  # job, its engine input, seconds to read it
-        for job in unit:
-            if not force and (done := _skipped_if_done(job)):  # a retried unit, say
-                finish(done)
-                continue
-            if not held.take(job, seen):
-                finish(Outcome(job, "elsewhere"))
-                continue
-            # Another run may have recorded it between the check above and the claim.
-            if not force and (done := _skipped_if_done(job)):
-                finish(done)
-                continue
-            started = time.perf_counter()
-            try:
-                pair = _load(job, device)
-            except (ImageError, storage.StorageError) as exc:
-                if _is_transient(exc):
-                    raise
-                finish(fail(job, str(exc), time.perf_counter() - started))
-                continue
-            loaded.append((job, pair, time.perf_counter() - started))
-        _run_batches(loaded, cache, finish)
-    return [outcomes[job.key] for job in unit]
+    loaded: list[tuple[Job, Pair, float]] = []
+    for job in unit:
+        if not options.force and (done := _skipped_if_done(job)):  # a retried unit, say
+            batch.finish(done)
+            continue
+        if not held.take(job, seen):
+            batch.finish(Outcome(job, "elsewhere"))
+            continue
+        # Another run may have recorded it between the check above and the claim.
+        if not options.force and (done := _skipped_if_done(job)):
+            batch.finish(done)
+            continue
+        started = time.perf_counter()
+        try:
+            pair = _load(job, device)
+        except (ImageError, storage.StorageError) as exc:
+            if _is_transient(exc):
+                raise
+            batch.finish(batch.fail(job, str(exc), time.perf_counter() - started))
+            continue
+        loaded.append((job, pair, time.perf_counter() - started))
+    return loaded
 
 
 def _skipped_if_done(job: Job) -> Outcome | None:
     """A `skipped` outcome with its record when the job is already done, else None."""
-    record = jobs.read_record(job.record)
-    return Outcome(job, "skipped", record=record) if jobs.completed(job, record) else None
+    record = records.read_record(job.record)
+    return Outcome(job, "skipped", record=record) if records.completed(job, record) else None
 
 
-def _run_batches(loaded, cache: GramCache, finish: Callable[[Outcome], None]) -> None:
-    """Stylise as one batch; on out of memory, or a job the engine rejects (an image too
-    small for the network), split in halves down to single jobs, so only that job fails."""
-    if not loaded:
-        return
-    started = time.perf_counter()
-    try:
-        results = stylize_batch([pair for _, pair, _ in loaded], cache=cache)
-    except Exception as exc:
-        if not isinstance(exc, NstError) and not is_out_of_memory(exc):
-            raise
+@dataclass
+class _Batch:
+    cache: GramCache
+    options: UnitOptions
+    finish: Callable[[Outcome], None]
+
+    def fail(self, job: Job, reason: str, seconds: float = 0.0) -> Outcome:
+        if self.options.record_failures:
+            return fail(job, reason, seconds)
+        return Outcome(job, "failed", seconds=seconds, error=reason)
+
+    def run(self, loaded) -> None:
+        """Stylise as one batch; on out of memory, or a job the engine rejects (an image
+        too small for the network), split in halves down to single jobs, so only that job
+        fails."""
+        if not loaded:
+            return
+        started = time.perf_counter()
+        pairs = [pair for _, pair, _ in loaded]
+        try:
+            results = stylize_batch(pairs, cache=self.cache, progress=self.options.progress)
+        except Exception as exc:
+            if not isinstance(exc, NstError) and not is_out_of_memory(exc):
+                raise
+            self._split(loaded, exc, time.perf_counter() - started)
+            return
+        seconds = (time.perf_counter() - started) / len(loaded)
+        for (job, _, read_s), result in zip(loaded, results, strict=True):
+            try:
+                record = _write(job, result, read_s, seconds)
+            except storage.StorageError as exc:
+                if _is_transient(exc):
+                    raise
+                self.finish(self.fail(job, str(exc), seconds))
+                continue
+            self.finish(Outcome(job, "completed", seconds=seconds + read_s, record=record))
+
+    def _split(self, loaded, exc: Exception, seconds: float) -> None:
         if len(loaded) > 1:
             _release_memory()
             half = len(loaded) // 2
-            _run_batches(loaded[:half], cache, finish)
-            _run_batches(loaded[half:], cache, finish)
+            self.run(loaded[:half])
+            self.run(loaded[half:])
             return
         reason = "out of memory even alone; lower size" if is_out_of_memory(exc) else str(exc)
         for job, _, _ in loaded:
-            finish(fail(job, reason, time.perf_counter() - started))
+            self.finish(self.fail(job, reason, seconds))
         _release_memory()
-        return
-    seconds = (time.perf_counter() - started) / len(loaded)
-    for (job, _, read_s), result in zip(loaded, results, strict=True):
-        try:
-            record = _write(job, result, read_s, seconds)
-        except storage.StorageError as exc:
-            if _is_transient(exc):
-                raise
-            finish(fail(job, str(exc), seconds))
-            continue
-        finish(Outcome(job, "completed", seconds=seconds + read_s, record=record))
 
 
 def _load(job: Job, device: str) -> Pair:
@@ -165,13 +216,13 @@ def _load(job: Job, device: str) -> Pair:
     return pair
 
 
-def _write(job: Job, result: Result, read_s: float, seconds: float) -> dict:
+def _write(job: Job, result: Result, read_s: float, seconds: float) -> Record:
     started = time.perf_counter()
     storage.write_bytes(job.output, images.encode_image(result.image, job.output))
-    record = jobs.build_record(
+    record = Record.completed(
         key=job.key,
         output=job.output,
-        inputs=jobs.job_inputs(job),
+        inputs=Inputs.of_job(job),
         params=job.params,
         result=result,
         timings={
@@ -181,15 +232,15 @@ def _write(job: Job, result: Result, read_s: float, seconds: float) -> dict:
         },
     )
     # The record goes last: its presence says the image beside it is complete.
-    storage.write_bytes(job.record, jobs.json_bytes(record))
+    storage.write_bytes(job.record, record.to_json())
     return record
 
 
 def fail(job: Job, reason: str, seconds: float = 0.0) -> Outcome:
     """Record `job` as failed for `reason` (best effort: the summary reports it anyway)."""
-    record = jobs.failed_record(job, reason)
+    record = Record.failed(job, reason)
     with contextlib.suppress(storage.StorageError):  # the summary still reports the failure
-        storage.write_bytes(job.record, jobs.json_bytes(record))
+        storage.write_bytes(job.record, record.to_json())
     return Outcome(job, "failed", seconds=seconds, error=reason, record=record)
 
 

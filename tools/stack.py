@@ -1,7 +1,7 @@
 """A local Prefect stack in one command: server, work pool, deployments and a worker.
 
-    python -m flows.stack up      # what `make up` runs; idempotent
-    python -m flows.stack down    # what `make down` runs; stops what `up` started, by PID
+    python -m tools.stack up      # what `make up` runs; idempotent
+    python -m tools.stack down    # what `make down` runs; stops what `up` started, by PID
 
 State lives under .prefect/ in the repo (SQLite database, logs, PIDs). Processes start in
 their own sessions from Python, not with `&` from a shell script: a worker started that way
@@ -194,7 +194,7 @@ def main() -> None:
         stopped = stack.down()
         print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     else:
-        sys.exit("usage: python -m flows.stack up|down")
+        sys.exit("usage: python -m tools.stack up|down")
 
 
 if __name__ == "__main__":

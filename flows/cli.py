@@ -1,0 +1,146 @@
+"""The `nst` command: nst_core.cli's commands plus `run` and `demo`, which need Prefect.
+
+nst_core.cli owns the app, the engine and manifest commands and `main` (one-line errors,
+exit codes); this module registers the Prefect commands on that app, so `nst --help` lists
+them all and nothing under nst_core imports Prefect or flows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from nst_core.batch.layout import RunLayout
+from nst_core.batch.records import DryRun, Summary
+from nst_core.cli import (
+    EXIT_FAILED,
+    READ_ROOT_HELP,
+    WRITE_ROOT_HELP,
+    _parse_overrides,
+    _roots,
+    app,
+    main,
+)
+from nst_core.errors import NstError
+
+# Before anything imports Prefect: its settings are read once, at import. The embedded
+# server needs longer than Prefect's default 20 s on a busy 2-core laptop, and must not
+# try to send telemetry from machines without internet.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+__all__ = ["app", "demo", "main", "run"]
+
+
+@app.command()
+def run(
+    manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
+    force: bool = typer.Option(False, "--force", help="Recompute jobs that are done."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; write nothing."),
+    task_runner: str = typer.Option(
+        None,
+        "--task-runner",
+        help="Where units run: thread (default, or NST_TASK_RUNNER) or ray (NST_RAY_ADDRESS).",
+    ),
+    shards: int = typer.Option(
+        1,
+        "--shards",
+        min=1,
+        help="Split the pending jobs into N child runs of the adhoc deployment (needs a "
+        "Prefect server with workers: PREFECT_API_URL).",
+    ),
+    shard_timeout: float | None = typer.Option(
+        None, "--shard-timeout", min=1, help="Seconds to wait for the shards [a day]."
+    ),
+    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
+) -> None:
+    """Run the batch flow in this process (Prefect's embedded server unless PREFECT_API_URL).
+
+    Exit 0 when every job completed, 1 when any failed, 2 when the manifest is invalid.
+    """
+    from flows.runners import task_runner_name
+    from nst_core.batch.manifest import load_plan
+
+    overrides = _parse_overrides(param)
+    roots = _roots(read_root, write_root)
+    # Exit 2 before Prefect starts.
+    plan = load_plan(manifest, overrides=overrides, overrides_label="--param", roots=roots)
+    task_runner_name(task_runner)  # exit 2 on an unknown runner, before Prefect starts
+    embedded = not os.environ.get("PREFECT_API_URL")
+    if shards > 1 and embedded:
+        raise NstError(
+            "--shards needs a Prefect server whose workers run the adhoc deployment: "
+            "set PREFECT_API_URL (see `make up`)"
+        )
+    from flows.batch import stylize_batch
+
+    state = stylize_batch(
+        manifest=manifest,
+        params=overrides or None,
+        force=force,
+        dry_run=dry_run,
+        task_runner=task_runner,
+        shards=shards,
+        read_roots=list(roots.read) if roots.read is not None else None,
+        write_roots=list(roots.write) if roots.write is not None else None,
+        # Unset, the flow's own default applies: one place says how long a batch may take.
+        **({"shard_timeout_s": shard_timeout} if shard_timeout else {}),
+        embedded_server=embedded,
+        return_state=True,
+    )
+    if not state.is_completed():
+        typer.echo(f"FAILED: {state.message}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    summary = state.result()
+    typer.echo(_dry_run_text(summary) if dry_run else _finished_text(summary, plan.output))
+
+
+def _dry_run_text(plan: DryRun) -> str:
+    lines = [
+        f"dry run: {plan.jobs} jobs, {plan.done} done, "
+        f"{len(plan.pending)} would run in {len(plan.units)} units"
+        + (f" over {len(plan.shards)} shards" if plan.shards else "")
+    ]
+    lines += [f"pending  {output}" for output in plan.pending]
+    lines += [f"would fail (over the memory budget)  {output}" for output in plan.cannot_fit]
+    return "\n".join(lines)
+
+
+def _finished_text(summary: Summary, output: str) -> str:
+    layout, totals = RunLayout(output), summary.totals
+    return (
+        f"{totals.line()} in {totals.wall_seconds:.1f} s"
+        f"\nsummary:       {layout.summary(summary.run)}"
+        f"\ncontact sheet: {layout.contact_sheet(summary.run)}"
+    )
+
+
+@app.command()
+def demo() -> None:
+    """Draw 2 contents and 2 styles, then run manifests/demo.yaml on this machine."""
+    from nst_core.batch.demo import write_demo_inputs
+
+    manifest = Path(__file__).resolve().parent.parent / "manifests" / "demo.yaml"
+    if not manifest.exists():
+        raise NstError(f"{manifest}: the demo needs a source checkout (manifests/demo.yaml)")
+    # demo.yaml reads its inputs from ../outputs/demo-inputs, beside the manifests folder.
+    write_demo_inputs(manifest.parent.parent / "outputs" / "demo-inputs")
+    run(
+        str(manifest),
+        param=[],
+        force=False,
+        dry_run=False,
+        task_runner=None,
+        shards=1,
+        shard_timeout=None,
+        read_root=None,
+        write_root=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Running a batch's work units: one Prefect task per unit, each holding its device's
+concurrency slot, fed to the devices one unit at a time (or all at once to Ray).
+
+GPU or CPU concurrency is a Prefect global concurrency limit per device per host, so two
+flows on one machine never oversubscribe a device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import time
+from collections import deque
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
+
+from nst_core.batch import runner, units
+from nst_core.batch.jobs import Job
+from nst_core.batch.records import JobEntry
+from nst_core.engine.targets import GramCache
+
+# Style Grams are reused across the units of a process (keyed by the style bytes' hash).
+_GRAM_CACHE = GramCache()
+SLOT_TIMEOUT_S = 6 * 3600  # a unit waits this long at most for its device
+# Held slots are renewed while a unit runs; a crashed holder's slot frees this long after.
+LEASE_S = 60
+# The flow stops waiting for its units after this long (NST_BATCH_TIMEOUT_S); so does a
+# sharded parent for its children (the shard_timeout_s parameter).
+BATCH_TIMEOUT_S = 24 * 3600
+
+
+def device_limit_name(device: str) -> str:
+    """One concurrency limit per device per host, e.g. nst-gpu-box1-cuda-0."""
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-") or "host"
+    return f"nst-{host}-{device.replace(':', '-')}"
+
+
+def _transient_only(task, task_run, state) -> bool:
+    """Retry a unit only for failures that retrying may fix (storage unreachable, 5xx)."""
+    error = state.result(raise_on_failure=False)
+    return bool(getattr(error, "transient", False))
+
+
+def _unit_name() -> str:
+    from prefect.runtime import task_run
+
+    return task_run.parameters.get("label", "unit")
+
+
+def _log_outcome(logger, outcome: runner.Outcome) -> None:
+    if outcome.status == "completed":
+        final = outcome.record.losses.final
+        logger.info(
+            "completed %s in %.1f s: total %.4g, content %.4g, style %.4g",
+            outcome.job.label,
+            outcome.seconds,
+            final["total"],
+            final["content"],
+            final["style"],
+        )
+    elif outcome.status == "failed":
+        logger.error("failed %s: %s", outcome.job.label, outcome.error)
+    elif outcome.status == "elsewhere":
+        logger.info("left %s to the run that is computing it now", outcome.job.label)
+
+
+@task(
+    task_run_name=_unit_name,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=_transient_only,
+)
+def stylize_unit(
+    unit: list[Job], device: str, label: str, force: bool, hold_slot: bool = True
+) -> list[JobEntry]:
+    """Stylise one work unit on one device, holding that device's concurrency slot (unless
+    Ray already gave this unit its device)."""
+    logger = get_run_logger()
+    slot = (
+        concurrency(
+            device_limit_name(device),
+            occupy=1,
+            timeout_seconds=SLOT_TIMEOUT_S,
+            lease_duration=LEASE_S,
+        )
+        if hold_slot
+        else contextlib.nullcontext()
+    )
+    with slot:
+        outcomes = runner.run_unit(
+            unit, device, cache=_GRAM_CACHE, on_job=lambda o: _log_outcome(logger, o), force=force
+        )
+    return [
+        JobEntry.of(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)
+        for o in outcomes
+    ]
+
+
+def ensure_device_limits(devices: list[str], reset: bool = False) -> None:
+    """Create each device's one-slot limit. With `reset` (`nst run` on the embedded server),
+    also free its slot: that server runs no lease repossessor, so a slot held by a killed run
+    would otherwise stay taken for good (a real server frees it when its lease expires)."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        for device in devices:
+            name = device_limit_name(device)
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+            if reset:
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
+
+
+class _Feeder:
+    """Units waiting for a device, and the ones in flight on each."""
+
+    def __init__(self, work: list[list[Job]], place, force: bool) -> None:
+        self.work, self.place, self.force = work, place, force
+        self.queue = deque(enumerate(work))
+        self.in_flight: dict = {}  # future -> (unit, device)
+
+    def start(self, device: str) -> None:
+        index, unit = self.queue.popleft()
+        parameters = {
+            "unit": unit,
+            "device": device,
+            "label": unit_label(index, len(self.work), unit),
+            "force": self.force,
+            "hold_slot": self.place.hold_slot,
+        }
+        self.in_flight[self.place.submit(stylize_unit, parameters)] = (unit, device)
+
+    def start_all_lanes(self) -> None:
+        """With device slots, one unit per device; Ray queues its own, so all go at once."""
+        lanes = sorted(set(self.place.devices)) if self.place.hold_slot else None
+        for index in range(len(lanes) if lanes else len(self.work)):
+            if self.queue:
+                self.start(lanes[index] if lanes else self.place.device(index))
+
+
+def run_units(
+    work: list[list[Job]], place, force: bool, description: str, reset_slots: bool = False
+) -> dict[str, JobEntry]:
+    """Run every unit where `place` says and collect their summary entries by job key.
+
+    With device slots, each device gets its next unit the moment its last one returns (one
+    unit in flight per device): units queued all at once would instead poll for the slot
+    and leave the device idle ~0.5 s between units.
+    """
+    logger = get_run_logger()
+    if place.hold_slot:
+        ensure_device_limits(sorted(set(place.devices)), reset=reset_slots)
+    progress_id = create_progress_artifact(0.0, description=description)
+    feeder = _Feeder(work, place, force)
+    feeder.start_all_lanes()
+    entries: dict[str, JobEntry] = {}
+    total = sum(len(u) for u in work)
+    timeout = float(os.environ.get("NST_BATCH_TIMEOUT_S", BATCH_TIMEOUT_S))
+    deadline = time.monotonic() + timeout
+    try:
+        while feeder.in_flight:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            for future in as_completed(list(feeder.in_flight), timeout=remaining):
+                unit, device = feeder.in_flight.pop(future)
+                for entry in _unit_entries(future, unit, logger):
+                    entries[entry.key] = entry
+                update_progress_artifact(progress_id, 100.0 * len(entries) / total)
+                if feeder.queue:
+                    feeder.start(device)
+                    break  # wait again, now on the new unit too
+    except TimeoutError:
+        logger.error("units still running after %.0f s: their jobs are reported failed", timeout)
+        error = f"not finished within {timeout:.0f} s (NST_BATCH_TIMEOUT_S)"
+        for job in (job for unit in work for job in unit if job.key not in entries):
+            entries[job.key] = JobEntry.of(job, "failed", error=error)
+    return entries
+
+
+def _unit_entries(future, unit: list[Job], logger) -> list[JobEntry]:
+    try:
+        return future.result()
+    except Exception as exc:  # the unit failed after its retries: its jobs failed
+        names = ", ".join(j.label for j in unit)
+        logger.error("unit failed after its retries (%s): %s", names, exc)
+        return [JobEntry.of(j, "failed", error=f"unit failed: {exc}") for j in unit]
+
+
+def unit_label(index: int, count: int, unit: list[Job]) -> str:
+    """A task run name that says which jobs it holds."""
+    size = units.output_size(unit[0])
+    where = f" at {size[0]}x{size[1]}" if size else ""
+    names = ", ".join(j.label for j in unit[:3]) + (f" +{len(unit) - 3}" if len(unit) > 3 else "")
+    return f"unit {index + 1}/{count}{where}: {names}"[:200]

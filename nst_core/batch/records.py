@@ -1,0 +1,268 @@
+"""The typed documents a batch writes: a job's record beside its image, the summary entry of
+each job in a run, and the run summary. Their JSON form is the one README.md documents; every
+reader goes through these models, and records written by earlier versions stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nst_core.batch import storage
+from nst_core.batch.jobs import ENGINE_VERSION, Job
+
+if TYPE_CHECKING:  # torch stays unimported for validate and plan
+    from nst_core.engine.loop import Result
+    from nst_core.engine.params import StyleParams
+
+# A job's status in a run: `elsewhere` is a job another run was computing at the time.
+Status = Literal["completed", "failed", "skipped", "elsewhere"]
+STATUSES: tuple[Status, ...] = ("completed", "failed", "skipped", "elsewhere")
+
+
+class _Document(BaseModel):
+    # Fields a later version adds are kept, not refused: old readers, new records.
+    model_config = ConfigDict(extra="allow")
+
+    def to_json(self) -> bytes:
+        """The JSON written to storage: only the fields this document was given."""
+        data = self.model_dump(mode="json", exclude_unset=True)
+        return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
+
+
+class ContentInput(_Document):
+    uri: str
+    sha256: str
+
+
+class StyleInput(_Document):
+    uri: str
+    sha256: str
+    weight: float
+
+
+class Inputs(_Document):
+    content: ContentInput
+    styles: list[StyleInput]
+
+    @classmethod
+    def of(cls, content: str, content_sha: str, styles, style_shas) -> Inputs:
+        """The content and each (style URI, weight) with its bytes' sha256."""
+        return cls(
+            content=ContentInput(uri=content, sha256=content_sha),
+            styles=[
+                StyleInput(uri=uri, sha256=sha, weight=weight)
+                for (uri, weight), sha in zip(styles, style_shas, strict=True)
+            ],
+        )
+
+    @classmethod
+    def of_job(cls, job: Job) -> Inputs:
+        return cls.of(job.content, job.content_sha, job.styles, job.style_shas)
+
+
+class Losses(_Document):
+    final: dict[str, float]
+    history: list[dict[str, Any]]  # evaluation, scale, seconds and each loss, per record
+
+
+class Record(_Document):
+    """One output's record; `completed` ones say how it was made, `failed` ones why not."""
+
+    status: Literal["completed", "failed"]
+    key: str | None
+    output: str
+    error: str | None = None
+    engine_version: str
+    created_at: str
+    inputs: Inputs
+    params: dict[str, Any]
+    output_size: list[int] | None = None
+    device: str | None = None
+    precision: str | None = None
+    weights: str | None = None
+    batch_size: int | None = None
+    losses: Losses | None = None
+    timings: dict[str, float] | None = None
+    versions: dict[str, str] | None = None
+
+    def completes(self, job: Job) -> bool:
+        """Whether this record (read from job.record) says this very job completed."""
+        return self.status == "completed" and self.key == job.key
+
+    @classmethod
+    def failed(cls, job: Job, error: str) -> Record:
+        """A job that failed: why, and what it was; it never counts as done."""
+        return cls(
+            status="failed",
+            key=job.key,
+            output=job.output,
+            error=error,
+            engine_version=ENGINE_VERSION,
+            created_at=_now(),
+            inputs=Inputs.of_job(job),
+            params=job.params.model_dump(mode="json"),
+        )
+
+    @classmethod
+    def completed(
+        cls,
+        *,
+        output: str,
+        inputs: Inputs,
+        params: StyleParams,
+        result: Result,
+        timings: dict[str, float],
+        key: str | None = None,
+    ) -> Record:
+        """One completed output (fields documented in README.md)."""
+        return cls(
+            status="completed",
+            key=key,
+            output=output,
+            engine_version=ENGINE_VERSION,
+            created_at=_now(),
+            inputs=inputs,
+            params=params.model_dump(mode="json"),
+            output_size=list(result.image.size),
+            device=result.device,
+            precision=result.precision,
+            weights=params.weights,
+            batch_size=result.batch_size,
+            losses=Losses(final=result.final, history=result.history),
+            timings={name: round(value, 3) for name, value in timings.items()},
+            versions=package_versions(),
+        )
+
+
+def read_record(uri: str) -> Record | None:
+    """The record at `uri`, or None when it is missing or unreadable (then the job reruns)."""
+    try:
+        return Record.model_validate_json(storage.read_bytes(uri))
+    except (storage.StorageError, ValidationError, ValueError):
+        return None
+
+
+def completed(job: Job, record: Record | None) -> bool:
+    """Whether `record` (read from job.record) says this very job completed."""
+    return record is not None and record.completes(job)
+
+
+def is_done(job: Job) -> bool:
+    return completed(job, read_record(job.record))
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("nst-batch", "torch", "torchvision", "pillow", "prefect"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class StyleRef(_Document):
+    uri: str
+    weight: float
+
+
+class JobEntry(_Document):
+    """One job's line in summary.json; `history` feeds the run's loss plot and stays out of
+    the summary (the record has it)."""
+
+    key: str
+    label: str
+    content: str
+    styles: list[StyleRef]
+    status: Status
+    output: str
+    record: str
+    losses: dict[str, float] | None = None
+    seconds: float | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
+
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        status: Status,
+        *,
+        record: Record | None = None,
+        error: str | None = None,
+        seconds: float | None = None,
+    ) -> JobEntry:
+        losses = record.losses if record is not None else None
+        return cls(
+            key=job.key,
+            label=job.label,
+            content=job.content,
+            styles=[StyleRef(uri=uri, weight=weight) for uri, weight in job.styles],
+            status=status,
+            output=job.output,
+            record=job.record,
+            losses=losses.final if losses else None,
+            seconds=seconds,
+            error=error,
+            history=losses.history if losses else [],
+        )
+
+
+class Totals(_Document):
+    jobs: int
+    completed: int
+    failed: int
+    skipped: int
+    elsewhere: int
+    wall_seconds: float
+    images_per_hour: float
+
+    def line(self) -> str:
+        """ "4 completed, 0 failed, 0 skipped" (and ", N running elsewhere" when there are)."""
+        line = f"{self.completed} completed, {self.failed} failed, {self.skipped} skipped"
+        return line + (f", {self.elsewhere} running elsewhere" if self.elsewhere else "")
+
+
+class Summary(_Document):
+    """A run: every job's entry and the totals. `run_folder` is where it was written (on the
+    flow's return value only; summary.json is written before it is known)."""
+
+    run: str
+    manifest: str
+    jobs: list[JobEntry]
+    totals: Totals
+    run_folder: str | None = None
+
+    @classmethod
+    def of(cls, run: str, manifest: str, entries: list[JobEntry], wall_seconds: float) -> Summary:
+        counts = {s: sum(e.status == s for e in entries) for s in STATUSES}
+        per_hour = counts["completed"] / wall_seconds * 3600 if wall_seconds else 0.0
+        totals = Totals(
+            jobs=len(entries),
+            **counts,
+            wall_seconds=round(wall_seconds, 2),
+            images_per_hour=round(per_hour, 1),
+        )
+        return cls(run=run, manifest=manifest, jobs=entries, totals=totals)
+
+
+class DryRun(_Document):
+    """What `dry_run` reports instead of running: job counts and the outputs it would make."""
+
+    run: str
+    jobs: int
+    done: int
+    pending: list[str]
+    units: list[int]
+    shards: list[int]
+    cannot_fit: list[str]

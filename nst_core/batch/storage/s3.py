@@ -1,0 +1,242 @@
+"""The S3 backend: the process-wide boto3 client (rebuilt when the environment that shapes it
+changes), each storage operation on s3://bucket/key, and `translate`, which every storage
+operation, local ones included, runs inside to turn boto3 and OS exceptions into StorageError
+with a cause a user can act on. Transient failures (throttling, 5xx, dropped connections) are
+retried by botocore itself before they reach `translate`, which marks them transient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import mimetypes
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import PurePosixPath
+
+from .errors import StorageError, check_size
+from .uris import S3_PREFIX, name, split, split_object
+
+# Types mimetypes does not know (or guesses differently across Python versions).
+_CONTENT_TYPES = {
+    ".json": "application/json",
+    ".md": "text/markdown",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+}
+# Throttling codes that S3-compatible stores answer with 4xx statuses.
+_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
+_CREDENTIALS_HINT = "S3 rejected the credentials (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+
+# --------------------------------------------------------------------------- client
+
+# Environment that shapes the client: a change (e.g. in tests) must build a new one.
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "NST_S3_MAX_ATTEMPTS",
+    "NST_S3_CONNECT_TIMEOUT",
+    "NST_S3_READ_TIMEOUT",
+)
+_client_lock = threading.Lock()
+
+
+def s3_client():
+    """The process-wide boto3 S3 client for the current environment (thread-safe)."""
+    env = tuple(os.environ.get(k) for k in _CLIENT_ENV)
+    # Building clients is not thread-safe in boto3; using one is.
+    with _client_lock:
+        return _build_client(env)
+
+
+def reset_clients() -> None:
+    """Forget cached clients, e.g. after changing credentials or endpoints."""
+    with _client_lock:
+        _build_client.cache_clear()
+
+
+@functools.lru_cache(maxsize=4)
+def _build_client(env: tuple[str | None, ...]):
+    import boto3
+    from botocore.config import Config
+
+    values = dict(zip(_CLIENT_ENV, env, strict=True))
+    session = boto3.session.Session()
+    region = (
+        values["AWS_REGION"] or values["AWS_DEFAULT_REGION"] or session.region_name or "us-east-1"
+    )
+    # boto3 reads AWS_ENDPOINT_URL(_S3) itself; a custom endpoint (SeaweedFS, MinIO, ...)
+    # rarely has per-bucket DNS names, so address buckets by path there.
+    custom_endpoint = values["AWS_ENDPOINT_URL"] or values["AWS_ENDPOINT_URL_S3"]
+    config = Config(
+        region_name=region,
+        retries={"mode": "standard", "max_attempts": int(values["NST_S3_MAX_ATTEMPTS"] or 5)},
+        connect_timeout=float(values["NST_S3_CONNECT_TIMEOUT"] or 5),
+        read_timeout=float(values["NST_S3_READ_TIMEOUT"] or 30),
+        max_pool_connections=32,  # batch jobs use thread pools; the default of 10 thrashes
+        s3={"addressing_style": "path"} if custom_endpoint else None,
+    )
+    return session.client("s3", config=config)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextlib.contextmanager
+def translate(uri: str) -> Iterator[None]:
+    """Turn boto3 and OS exceptions into StorageError with a cause a user can act on."""
+    from botocore import exceptions as boto
+
+    try:
+        yield
+    except StorageError:
+        raise
+    except boto.ClientError as exc:
+        raise _client_error(uri, exc) from exc
+    except (boto.NoCredentialsError, boto.PartialCredentialsError) as exc:
+        cause = "no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        raise StorageError(uri, cause) from exc
+    except (boto.EndpointConnectionError, boto.ConnectionError, boto.HTTPClientError) as exc:
+        # botocore has already retried these; the message names the endpoint, never keys.
+        # Not chained: a traceback would print the endpoint URL with any password in it.
+        cause = f"cannot reach the S3 endpoint ({exc})"
+        raise StorageError(uri, cause, transient=True) from None
+    except boto.BotoCoreError as exc:
+        raise StorageError(uri, f"S3 request failed: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise StorageError(uri, "no such file") from exc
+    except IsADirectoryError as exc:
+        raise StorageError(uri, "is a directory") from exc
+    except NotADirectoryError as exc:
+        raise StorageError(uri, "a parent is not a directory") from exc
+    except PermissionError as exc:
+        raise StorageError(uri, "permission denied") from exc
+    except OSError as exc:
+        raise StorageError(uri, exc.strerror or str(exc)) from exc
+
+
+def _client_error(uri: str, exc) -> StorageError:
+    """The StorageError for an S3 error answer (a botocore ClientError)."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "NoSuchBucket":
+        cause = f"bucket {error.get('BucketName') or split(uri)[0]} does not exist"
+    elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        cause = _CREDENTIALS_HINT
+    elif code in ("NoSuchKey", "NotFound", "404") or status == 404:
+        cause = "no such object"
+    elif code == "403":
+        # A HEAD answer has no body, so a bad key and a missing grant look the same.
+        cause = "access denied, or " + _CREDENTIALS_HINT
+    elif code == "AccessDenied" or status == 403:
+        cause = "access denied"
+    else:
+        cause = f"S3 error {code or status}: {error.get('Message', exc)}"
+    transient = (status or 0) >= 500 or code in _TRANSIENT_CODES
+    return StorageError(uri, cause, transient=transient)
+
+
+def _content_type(uri: str) -> str:
+    suffix = PurePosixPath(name(uri)).suffix.lower()
+    guessed = _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name(uri))[0]
+    return guessed or "application/octet-stream"
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def read_bytes(uri: str, max_bytes: int | None) -> bytes:
+    """The object's bytes; with `max_bytes`, at most one byte more, after refusing an object
+    whose stored size is already over it."""
+    bucket, key = split_object(uri)
+    answer = s3_client().get_object(Bucket=bucket, Key=key)
+    if max_bytes is None:
+        return answer["Body"].read()
+    try:
+        check_size(uri, answer["ContentLength"], max_bytes)
+        return answer["Body"].read(max_bytes + 1)
+    finally:
+        answer["Body"].close()
+
+
+def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
+    bucket, key = split_object(uri)
+    s3_client().put_object(
+        Bucket=bucket, Key=key, Body=data, ContentType=content_type or _content_type(uri)
+    )
+
+
+def write_if_absent(uri: str, data: bytes) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_object(uri)
+    try:
+        s3_client().put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=_content_type(uri),
+            IfNoneMatch="*",
+        )
+    except ClientError as exc:
+        # 412: the object exists. 409: a concurrent conditional write to it won.
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+    return True
+
+
+def size_if_exists(uri: str) -> int | None:
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_object(uri)
+    try:
+        return s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            return None
+        raise
+
+
+def size(uri: str) -> int:
+    bucket, key = split_object(uri)
+    return s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+
+
+def delete(uri: str) -> None:
+    bucket, key = split_object(uri)
+    s3_client().delete_object(Bucket=bucket, Key=key)
+
+
+def move(src: str, dst: str) -> None:
+    """Copy the object within S3, then delete the original."""
+    (src_bucket, src_key), (dst_bucket, dst_key) = split_object(src), split_object(dst)
+    client = s3_client()
+    client.copy_object(
+        CopySource={"Bucket": src_bucket, "Key": src_key}, Bucket=dst_bucket, Key=dst_key
+    )
+    client.delete_object(Bucket=src_bucket, Key=src_key)
+
+
+def listing(uri: str, count: Callable[[int], None]) -> Iterator[tuple[str, int]]:
+    """(URI, size) of every object under the prefix `uri`, but for folder markers; `count`
+    is told how many keys each page of the listing holds."""
+    bucket, key = split(uri)
+    # A prefix is a folder: "s3://b/a" must not list "ab/...".
+    prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        items = page.get("Contents", [])
+        count(len(items))
+        for item in items:
+            if not item["Key"].endswith("/"):  # folder markers are not files
+                yield f"{S3_PREFIX}{bucket}/{item['Key']}", item["Size"]

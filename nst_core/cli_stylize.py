@@ -1,0 +1,118 @@
+"""`nst stylize`'s work: one content and its styles from local files into OUT and its
+record, as a one-job unit through the same runner the flow uses.
+
+Its contract differs from a batch's only where a person at a terminal expects it to: the
+job is always recomputed, takes no claim, shows a progress bar, and a job that fails leaves
+nothing at OUT and no record (the error is one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nst_core.batch import jobs, runner
+from nst_core.engine.params import StyleParams
+from nst_core.errors import ImageError
+
+
+def read_input(path: Path, role: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such {role} file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, expected a {role} image file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied reading the {role} image") from None
+
+
+def check_output(out: Path) -> None:
+    """Fail before any work when OUT cannot be written."""
+    from nst_core.engine.images import format_for
+
+    format_for(out.name)
+    folder = out.parent
+    if not folder.is_dir():
+        raise ImageError(f"{out}: output folder {folder} does not exist; create it first")
+    if out.is_dir():
+        raise ImageError(f"{out}: is a folder; give a file name such as {out / 'out.png'}")
+    if not os.access(folder, os.W_OK):
+        raise ImageError(f"{out}: output folder {folder} is not writable")
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]stylising"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("evals"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def one_job(
+    content: Path, styles: list[Path], blend: list[float] | None, params: StyleParams, out: Path
+) -> jobs.Job:
+    """The job `nst stylize` runs: its key is the batch key of the same inputs and format."""
+    from nst_core.engine import images
+
+    content_bytes = read_input(content, "content")
+    style_bytes = [read_input(path, "style") for path in styles]
+    # Bad input is refused here, before the runner, which would record the failure.
+    images.decode_image(content_bytes, str(content))
+    for data, path in zip(style_bytes, styles, strict=True):
+        images.decode_image(data, str(path))
+    weights = blend or [1.0] * len(styles)
+    content_sha = jobs.sha256(content_bytes)
+    style_shas = tuple(jobs.sha256(data) for data in style_bytes)
+    fmt = out.suffix.lstrip(".").lower()
+    pairs = list(zip(style_shas, weights, strict=True))
+    return jobs.Job(
+        content=str(content),
+        content_sha=content_sha,
+        styles=tuple((str(p), w) for p, w in zip(styles, weights, strict=True)),
+        style_shas=style_shas,
+        params=params,
+        key=jobs.job_key(content_sha, pairs, params, fmt),
+        output=str(out),
+        record=str(out.with_suffix(".json")),
+    )
+
+
+def stylize_file(job: jobs.Job) -> str:
+    """Run `job` alone; the line to print. Raises ImageError when it fails."""
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    with _progress_bar(console) as bar:
+        task = bar.add_task("stylise", total=None, losses="")
+
+        def progress(done: int, total: int, losses: list[dict[str, float]]) -> None:
+            row = losses[0]
+            text = (
+                f"total {row['total']:.4g}  content {row['content']:.4g}  style {row['style']:.4g}"
+            )
+            bar.update(task, completed=done, total=total, losses=text)
+
+        options = runner.UnitOptions(
+            force=True, claim=False, record_failures=False, progress=progress
+        )
+        (outcome,) = runner.run_unit([job], job.params.device, options=options)
+    if outcome.status != "completed":
+        raise ImageError(outcome.error or f"{job.content}: not stylised")
+    record = outcome.record
+    final = record.losses.final
+    w, h = record.output_size
+    return (
+        f"wrote {job.output} ({w}x{h}) in {time.perf_counter() - started:.1f} s on "
+        f"{record.device} ({record.precision}); style loss {final['style']:.4g}, content "
+        f"loss {final['content']:.4g}; record {job.record}"
+    )

@@ -1,0 +1,1 @@
+"""Developer-only tools run from a checkout (`make up` / `make down`); not packaged."""
