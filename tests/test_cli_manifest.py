@@ -1,10 +1,8 @@
 """`nst validate` and `nst plan`."""
 
-import json
-
 import pytest
 from cli_runner import run_cli
-from imagegen import png_bytes, scene, stripes
+from imagegen import completed_record, png_bytes, scene, stripes
 
 from nst_core.batch import jobs
 from nst_core.batch.manifest import load_plan
@@ -51,8 +49,8 @@ def test_plan_shows_done_and_pending_jobs(manifest, capsys):
     plan_jobs = jobs.build_jobs(load_plan(str(manifest)))
     first = plan_jobs[0]
     (manifest.parent / "out").mkdir()
-    (manifest.parent / "out" / first.record.rsplit("/", 1)[1]).write_text(
-        json.dumps({"status": "completed", "key": first.key})
+    (manifest.parent / "out" / first.record.rsplit("/", 1)[1]).write_bytes(
+        completed_record(first).to_json()
     )
     code, out, _ = run_cli(["plan", manifest], capsys)
     lines = out.strip().splitlines()

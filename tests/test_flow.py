@@ -99,7 +99,7 @@ def test_params_override_the_manifest_defaults(tmp_path, prefect_server):
 def test_dry_run_writes_nothing(tmp_path, prefect_server):
     uri = make_batch(str(tmp_path))
     plan = stylize_batch(uri, dry_run=True)
-    assert plan["jobs"] == 4 and len(plan["pending"]) == 4
+    assert plan.jobs == 4 and len(plan.pending) == 4
     assert not (tmp_path / "out").exists()
 
 

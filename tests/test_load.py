@@ -61,14 +61,18 @@ def test_contact_sheet_of_a_big_batch_shows_a_readable_corner():
     """400 contents x 20 styles: one row per content would pass JPEG's 65,500 px; the sheet
     shows the first rows and columns and says what it left out."""
     from nst_core.batch import report
+    from nst_core.batch.records import JobEntry, StyleRef
 
     entries = [
-        {
-            "content": f"/nowhere/c{i}.png",  # thumbnails that do not load stay empty cells
-            "styles": [{"uri": f"/nowhere/s{j}.png", "weight": 1.0}],
-            "status": "completed",
-            "output": f"/nowhere/o{i}-{j}.png",
-        }
+        JobEntry(
+            key=f"{i}-{j}",
+            label=f"c{i} x s{j}",
+            content=f"/nowhere/c{i}.png",  # thumbnails that do not load stay empty cells
+            styles=[StyleRef(uri=f"/nowhere/s{j}.png", weight=1.0)],
+            status="completed",
+            output=f"/nowhere/o{i}-{j}.png",
+            record=f"/nowhere/o{i}-{j}.json",
+        )
         for i in range(400)
         for j in range(20)
     ]

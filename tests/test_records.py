@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from imagegen import completed_record
 
 from nst_core.batch import jobs, records
 from nst_core.batch.records import JobEntry, Record, Summary
@@ -43,11 +44,6 @@ def job(tmp_path) -> jobs.Job:
     )
 
 
-def completed(one: jobs.Job, key: str) -> bytes:
-    record = Record.failed(one, "").model_copy(update={"status": "completed", "key": key})
-    return record.model_copy(update={"error": None}).to_json()
-
-
 def test_done_means_a_completed_record_with_the_same_key(tmp_path):
     one = job(tmp_path)
     assert not records.is_done(one)
@@ -55,13 +51,13 @@ def test_done_means_a_completed_record_with_the_same_key(tmp_path):
     path = Path(one.record)
     path.write_bytes(Record.failed(one, "bad pixels").to_json())
     assert not records.is_done(one)
-    path.write_bytes(completed(one, "other"))
+    path.write_bytes(completed_record(one, key="other").to_json())
     assert not records.is_done(one)
     path.write_text("{truncated")
     assert not records.is_done(one)
     path.write_text(json.dumps({"status": "completed", "key": one.key}))  # not a record
     assert not records.is_done(one)
-    path.write_bytes(completed(one, one.key))
+    path.write_bytes(completed_record(one).to_json())
     assert records.is_done(one)
 
 

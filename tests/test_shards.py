@@ -4,6 +4,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from imagegen import completed_record
 
 from flows import shards
 from nst_core.batch import jobs, records, units
@@ -46,16 +47,15 @@ def test_shards_balance_pixels_not_job_counts():
     assert max(pixels) <= 2 * min(pixels), pixels
 
 
-def completed_record(one: jobs.Job, at: datetime, **fields) -> Record:
-    record = Record.failed(one, "").model_copy(update={"status": "completed", "error": None})
-    return record.model_copy(update={"created_at": at.isoformat(timespec="seconds"), **fields})
+def completed_at(one: jobs.Job, at: datetime, **fields) -> Record:
+    return completed_record(one, created_at=at.isoformat(timespec="seconds"), **fields)
 
 
 def test_a_retried_forced_shard_skips_what_its_first_attempt_finished():
     started = datetime.now(UTC)
     one = job(1)
-    before = completed_record(one, started - timedelta(hours=1))
-    after = completed_record(one, started + timedelta(seconds=5))
+    before = completed_at(one, started - timedelta(hours=1))
+    after = completed_at(one, started + timedelta(seconds=5))
     done = shards.completed_since(started.isoformat(timespec="seconds"))
     assert not done(one, before)  # older than the forced batch: recompute
     assert done(one, after)  # written by this batch's first attempt: skip
@@ -68,7 +68,7 @@ def test_entries_come_from_the_records_a_shard_left(tmp_path):
     done, failed, missing, stale = at
     old = Record.failed(stale, "an earlier run's error")
     (tmp_path / stale.record).write_bytes(old.to_json())
-    finished = completed_record(done, datetime.now(UTC), timings={"optimize_s": 2.0})
+    finished = completed_at(done, datetime.now(UTC), timings={"optimize_s": 2.0})
     (tmp_path / done.record).write_bytes(finished.to_json())
     (tmp_path / failed.record).write_bytes(Record.failed(failed, "bad pixels").to_json())
     entries = shards.entries_after(
