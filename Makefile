@@ -57,3 +57,4 @@ down:
 .PHONY: bench
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.cpu
+	$(BIN)/python -m bench.quality

@@ -62,7 +62,7 @@ class Evaluator:
         feats = self.vgg(image.float().clamp(0, 1))
         content = content_loss(feats, self.content_targets).sum().item()
         style = style_loss(feats, self.style_targets, self.params.layer_weights()).sum().item()
-        return self.params.content_weight * content + self.params.style_weight * style
+        return self.params.content_weight * content + self.params.resolved_style_weight() * style
 
 
 def time_to_loss(trace: list[tuple[float, float]], target: float) -> float | None:

@@ -1,4 +1,7 @@
-"""`make bench`: the engine at its defaults against the tutorial-style baseline, on this CPU.
+"""`make bench`: the engine against the tutorial-style baseline, on this CPU, both on the
+tutorial's objective (`loss: gatys`, content 1, style 50), so their losses compare; the look
+metric (bench/look.py) of each output is reported beside them. `bench.quality` then scores
+the engine's defaults against neural-style's published outputs.
 
 For 128 and 256 px, three repeats each, alternating baseline and engine runs in fresh
 processes (bench/run_one.py), on the same inputs, size and weights. Every figure is a
@@ -51,6 +54,8 @@ def compare(baseline: dict, engine: dict) -> dict:
         "baseline_evals_per_s": baseline["evaluations"] / baseline_s,
         "engine_peak_mb": engine["peak_rss_mb"],
         "baseline_peak_mb": baseline["peak_rss_mb"],
+        "baseline_look": baseline["look"],
+        "engine_look": engine["look"],
     }
 
 
@@ -68,8 +73,8 @@ def table(results: dict[int, list[dict]]) -> str:
     rows = [
         "| size | baseline 300 evals, s | engine time-to-quality, s | ratio | engine evals/s "
         "| baseline evals/s | final loss baseline / engine | engine loss at baseline's time "
-        "| peak RSS engine / baseline, MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| peak RSS engine / baseline, MB | look style / content, baseline / engine |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, runs in results.items():
         get = lambda key, runs=runs: [r[key] for r in runs]  # noqa: E731
@@ -81,9 +86,17 @@ def table(results: dict[int, list[dict]]) -> str:
             f"{statistics.median(get('engine_final_loss')):.4g}"
             f" | {spread(get('engine_loss_at_baseline_time'), '.4g')}"
             f" | {statistics.median(get('engine_peak_mb')):.0f} / "
-            f"{statistics.median(get('baseline_peak_mb')):.0f} |"
+            f"{statistics.median(get('baseline_peak_mb')):.0f}"
+            f" | {_look(get('baseline_look'))} / {_look(get('engine_look'))} |"
         )
     return "\n".join(rows)
+
+
+def _look(looks: list[dict]) -> str:
+    """Median style and content distance of the look metric (bench/look.py)."""
+    style = statistics.median(look["style"] for look in looks)
+    content = statistics.median(look["content"] for look in looks)
+    return f"{style:.3g} / {content:.2f}"
 
 
 def main() -> None:

@@ -32,12 +32,14 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bench.baseline import EVALUATIONS, run_baseline
+from bench.baseline import CONTENT_WEIGHT, EVALUATIONS, STYLE_WEIGHT, run_baseline
 from bench.common import Evaluator, inputs, tensors
+from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
 from nst_core.batch.units import estimate_bytes
 from nst_core.engine import images
@@ -47,6 +49,9 @@ from nst_core.engine.params import StyleParams
 from nst_core.engine.targets import Pair
 from nst_core.engine.vgg import load_vgg
 
+# The engine runs the tutorial's objective here, as the baseline does, so the two losses
+# compare; the look metric (bench/look.py) says what each output looks like.
+TUTORIAL = {"loss": "gatys", "content_weight": CONTENT_WEIGHT, "style_weight": STYLE_WEIGHT}
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets; sparsity excluded).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -230,7 +235,8 @@ class Bench:
     ) -> tuple[dict, list]:
         """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes,
         and the last repeat's results. `parts` (network, gram_of) go to the engine as is."""
-        params = StyleParams(size=self.size, device=self.device, iterations=iterations, **overrides)
+        settings = {**TUTORIAL, **overrides}
+        params = StyleParams(size=self.size, device=self.device, iterations=iterations, **settings)
 
         def run(params=params):
             pairs = [Pair(self.content, [self.style], params)] * batch
@@ -278,9 +284,10 @@ class Bench:
     def quality(self) -> dict:
         if not self.baseline_images or self.engine_image is None:
             return {"skipped": "needs both the baseline and the engine sections"}
-        params = StyleParams(size=self.size, device="cpu", precision="fp32")
+        params = StyleParams(size=self.size, device="cpu", precision="fp32", **TUTORIAL)
         evaluate = Evaluator(self.content, self.style, params)
         content_t, _ = tensors(self.content, self.style, self.size)
+        look = LookMetric(self.content, self.style, self.size)
         baseline = [evaluate(image) for image in self.baseline_images]
         engine = evaluate(self.engine_image)
         # The engine's own trace (every history_every evaluations) against the baseline's
@@ -292,6 +299,8 @@ class Bench:
         ]
         return {
             "evaluator": "fp32 on the CPU, 8-bit outputs, content+style at the output size",
+            "baseline_looks": [asdict(look(images.to_image(i[0]))) for i in self.baseline_images],
+            "engine_look": asdict(look(images.to_image(self.engine_image[0]))),
             "content_image_loss": evaluate(content_t),
             "baseline_losses": baseline,
             "baseline_median_loss": statistics.median(baseline),
@@ -337,7 +346,7 @@ class Bench:
         if self.baseline_final_loss is None:
             return {"skipped": "needs the baseline section"}
         batch, its = (2, 4) if self.dry else (4, EVALUATIONS)
-        params = StyleParams(size=self.size, device="cpu", precision="fp32")
+        params = StyleParams(size=self.size, device="cpu", precision="fp32", **TUTORIAL)
         evaluate = Evaluator(self.content, self.style, params)
         out = {"batch": batch, "iterations": its, "baseline_final_loss": self.baseline_final_loss}
         for precision in ("bf16", "fp32"):

@@ -10,9 +10,11 @@ import json
 import resource
 import sys
 import time
+from dataclasses import asdict
 
-from bench.baseline import EVALUATIONS, run_baseline
+from bench.baseline import CONTENT_WEIGHT, EVALUATIONS, STYLE_WEIGHT, run_baseline
 from bench.common import Evaluator, inputs, tensors
+from bench.look import LookMetric
 from nst_core.engine import images
 from nst_core.engine.loop import stylize
 from nst_core.engine.params import StyleParams
@@ -23,7 +25,10 @@ def main() -> None:
     mode, size = sys.argv[1], int(sys.argv[2])
     overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     content, style, _ = inputs()
-    params = StyleParams(size=size, device="cpu", **overrides)
+    # Both sides optimise the tutorial's objective, so their losses compare; the look metric
+    # (bench/look.py) says what each output looks like.
+    tutorial = {"loss": "gatys", "content_weight": CONTENT_WEIGHT, "style_weight": STYLE_WEIGHT}
+    params = StyleParams(size=size, device="cpu", **{**tutorial, **overrides})
     evaluator = Evaluator(content, style, params.model_copy(update={"precision": "fp32"}))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -52,6 +57,7 @@ def main() -> None:
                 "wall_s": wall,
                 "evaluations": evaluations,
                 "final_loss": evaluator(image),
+                "look": asdict(LookMetric(content, style, size)(images.to_image(image[0]))),
                 "trace": trace,
                 "peak_rss_mb": peak / 1024,
                 "rss_before_mb": rss_before / 1024,

@@ -78,8 +78,14 @@ def stylize(
     content_weight: str | None = typer.Option(
         None, metavar="W", help=f"Content weight [{_default('content_weight')}]."
     ),
+    strength: str | None = typer.Option(
+        None, metavar="S", help=f"How far to stylise, 0 to 1 [{_default('strength')}]."
+    ),
     style_weight: str | None = typer.Option(
-        None, metavar="W", help=f"Style weight [{_default('style_weight')}]."
+        None, metavar="W", help="Style weight, for experts: wins over --strength [from strength]."
+    ),
+    loss: str | None = typer.Option(
+        None, metavar="balanced|gatys", help=f"Loss form [{_default('loss')}]."
     ),
     tv_weight: str | None = typer.Option(
         None, metavar="W", help=f"Total-variation weight [{_default('tv_weight')}]."

@@ -68,3 +68,23 @@ def test_output_stems_cannot_escape_the_output_folder(uri):
     stem = jobs.safe_stem(uri)
     assert "/" not in stem and not stem.startswith(".") and ".." not in stem.strip("_")
     assert stem
+
+
+def test_strength_sets_the_style_weight_unless_an_expert_gives_one():
+    weights = [StyleParams(strength=s).resolved_style_weight() for s in (0.0, 0.25, 0.5, 1.0)]
+    assert weights == sorted(weights) and weights[0] < weights[-1]
+    assert key(params=StyleParams(size=64, iterations=5, strength=0.2)) != key()
+    # What was resolved is the identity: a given style weight makes strength irrelevant.
+    given = {"size": 64, "iterations": 5, "style_weight": 80.0}
+    assert key(params=StyleParams(**given, strength=0.1)) == key(
+        params=StyleParams(**given, strength=0.9)
+    )
+    assert StyleParams(**given).resolved_style_weight() == 80.0
+    assert "strength is ignored" in StyleParams(**given).notes()[0]
+    assert StyleParams().notes() == []
+    # The plain Gatys loss keeps its own weight when none is given.
+    assert StyleParams(loss="gatys").resolved_style_weight() == 50.0
+    same = StyleParams(loss="balanced", strength=0.5).resolved_style_weight()
+    assert key(params=StyleParams(size=64, iterations=5, loss="balanced", style_weight=same)) == (
+        key(params=StyleParams(size=64, iterations=5, loss="balanced", strength=0.5))
+    )

@@ -1,6 +1,13 @@
 import torch
 
-from nst_core.engine.losses import blend_grams, content_loss, gram, style_loss, tv_loss
+from nst_core.engine.losses import (
+    blend_grams,
+    content_loss,
+    energies,
+    gram,
+    style_loss,
+    tv_loss,
+)
 
 
 def test_gram_matches_a_hand_computed_example():
@@ -98,3 +105,35 @@ def test_gram_gradient_is_autograds_of_the_formula_and_keeps_the_features_layout
         torch.testing.assert_close(gram(features.detach()).double(), expected.detach())
         torch.testing.assert_close(features.grad.double(), reference.grad, rtol=1e-5, atol=1e-6)
         assert features.grad.is_contiguous(memory_format=layout)
+
+
+def test_a_balanced_term_is_the_same_whatever_its_layers_magnitude():
+    """Deep layers' Gram errors are 10-100x relu1_1's; balanced, each layer's term is relative
+    to its target, so scaling a layer's features leaves its term unchanged."""
+    torch.manual_seed(0)
+    features = {"a": torch.rand(2, 4, 6, 6), "b": torch.rand(2, 8, 3, 3)}
+    targets = {"a": gram(torch.rand(2, 4, 6, 6)), "b": gram(torch.rand(2, 8, 3, 3))}
+    weights = {"a": 0.5, "b": 0.5}
+    balanced = torch.tensor([True, True])
+    base = style_loss(features, targets, weights, scales=energies(targets, balanced))
+    scaled_features = {"a": features["a"], "b": 30.0 * features["b"]}
+    scaled_targets = {"a": targets["a"], "b": 900.0 * targets["b"]}
+    scaled = style_loss(
+        scaled_features, scaled_targets, weights, scales=energies(scaled_targets, balanced)
+    )
+    torch.testing.assert_close(scaled, base)
+    # The plain loss is dominated by the scaled layer; the content term balances the same way.
+    assert (style_loss(scaled_features, scaled_targets, weights) > 100 * base).all()
+    content = {"c": torch.rand(2, 3, 4, 4)}
+    target = {"c": torch.rand(2, 3, 4, 4)}
+    one = content_loss(content, target, energies(target, balanced))
+    big = content_loss(
+        {"c": 7 * content["c"]}, {"c": 7 * target["c"]}, energies({"c": 7 * target["c"]}, balanced)
+    )
+    torch.testing.assert_close(one, big)
+
+
+def test_only_the_pairs_that_ask_are_balanced():
+    targets = {"a": torch.full((2, 3, 3), 4.0)}
+    scales = energies(targets, torch.tensor([True, False]))
+    assert scales["a"].tolist() == [16.0, 1.0]

@@ -72,3 +72,24 @@ def test_a_summary_leaves_histories_and_its_run_folder_out_of_its_json(tmp_path)
     assert written["jobs"][0]["error"] == "bad pixels" and written["jobs"][0]["losses"] is None
     assert summary.totals.line() == "0 completed, 1 failed, 1 skipped"
     assert summary.totals.images_per_hour == 0.0
+
+
+def test_a_record_keeps_strength_and_style_weight_and_says_which_won(tmp_path):
+    from PIL import Image
+
+    from nst_core.batch.records import Inputs
+    from nst_core.engine.loop import Result
+
+    one = job(tmp_path)
+    result = Result(Image.new("RGB", (4, 3)), [], {"total": 1.0}, 0.1, 1, "cpu", "fp32")
+
+    def made_with(params: StyleParams) -> dict:
+        record = Record.completed(
+            output=one.output, inputs=Inputs.of_job(one), params=params, result=result, timings={}
+        )
+        return json.loads(record.to_json())
+
+    expert = made_with(StyleParams(strength=0.3, style_weight=80))
+    assert expert["params"]["strength"] == 0.3 and expert["params"]["style_weight"] == 80
+    assert expert["notes"] == ["style_weight 80 was given, so strength is ignored"]
+    assert "notes" not in made_with(StyleParams(strength=0.3))

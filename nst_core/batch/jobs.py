@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from nst_core.batch.manifest import Plan
 
 # Bump when a change to the engine changes its outputs for the same inputs and params.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: the balanced loss and strength are the defaults
 # Where and how often it runs does not change what a job is.
 NOT_IN_KEY = frozenset({"device", "history_every"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -47,10 +47,19 @@ def job_key(
         "engine": ENGINE_VERSION,
         "content": content_sha,
         "styles": [[sha, float(weight)] for sha, weight in styles],
-        "params": {k: v for k, v in params.model_dump(mode="json").items() if k not in NOT_IN_KEY},
+        "params": _params_identity(params),
         "format": fmt,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _params_identity(params: StyleParams) -> dict:
+    """The parameters as they shape the output: the style weight as resolved (strength only
+    matters through it), without where or how often it runs."""
+    identity = {k: v for k, v in params.model_dump(mode="json").items() if k not in NOT_IN_KEY}
+    identity.pop("strength", None)
+    identity["style_weight"] = params.resolved_style_weight()
+    return identity
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class Record(_Document):
     losses: Losses | None = None
     timings: dict[str, float] | None = None
     versions: dict[str, str] | None = None
+    notes: list[str] | None = None  # how the settings were read, e.g. style_weight over strength
 
     def completes(self, job: Job) -> bool:
         """Whether this record (read from job.record) says this very job completed."""
@@ -137,6 +138,7 @@ class Record(_Document):
             losses=Losses(final=result.final, history=result.history),
             timings={name: round(value, 3) for name, value in timings.items()},
             versions=package_versions(),
+            **({"notes": params.notes()} if params.notes() else {}),
         )
 
 

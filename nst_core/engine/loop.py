@@ -185,6 +185,7 @@ class _Scales:
             targets.style_layer_weights(),
             self.loss_weights,
             targets.gram_of,
+            targets.balanced(),
         )
         return objective, content
 

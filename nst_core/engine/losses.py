@@ -92,11 +92,15 @@ def blend_grams(
 
 
 def content_loss(
-    features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    features: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    scales: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mean over content layers of the per-sample MSE between features and their targets."""
+    """Mean over content layers of the per-sample MSE between features and their targets,
+    each divided by its layer's `scales` (B,) when given (energies(): balanced losses)."""
     per_layer = [
         (features[name].float() - target).square().mean(dim=(1, 2, 3))
+        / (scales[name] if scales is not None else 1)
         for name, target in targets.items()
     ]
     return torch.stack(per_layer).mean(dim=0)
@@ -107,16 +111,34 @@ def style_loss(
     targets: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float | torch.Tensor],
     gram_of: Callable[[torch.Tensor], torch.Tensor] = gram,
+    scales: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Per-layer-weighted sum of the per-sample MSE between Grams and their targets.
+    """Per-layer-weighted sum of the per-sample MSE between Grams and their targets, each
+    divided by its layer's `scales` (B,) when given (energies(): balanced losses).
 
     A layer's weight is a number, or a (B,) tensor when samples weight layers differently.
     `gram_of` is the Gram function (benchmarks pass variants of it).
     """
     return sum(
-        weight * (gram_of(features[name]) - targets[name]).square().mean(dim=(1, 2))
+        weight
+        * (gram_of(features[name]) - targets[name]).square().mean(dim=(1, 2))
+        / (scales[name] if scales is not None else 1)
         for name, weight in layer_weights.items()
     )
+
+
+def energies(
+    targets: Mapping[str, torch.Tensor], balanced: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per layer, each sample's divisor for a balanced loss: its target's mean square where
+    `balanced` (B,) is set, else 1. A balanced term is then the squared error relative to
+    the target itself, whatever the layer's magnitude: Gram errors of deep layers are
+    10-100x larger than relu1_1's, and an unbalanced sum spends the optimisation on them."""
+    out = {}
+    for name, target in targets.items():
+        energy = target.float().square().mean(dim=tuple(range(1, target.dim())))
+        out[name] = torch.where(balanced, energy.clamp_min(1e-12), torch.ones_like(energy))
+    return out
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from nst_core.engine.losses import content_loss, style_loss, tv_loss
+from nst_core.engine.losses import content_loss, energies, style_loss, tv_loss
 
 
 class Features:
@@ -50,6 +50,7 @@ class Objective:
         layer_weights: dict[str, torch.Tensor],
         loss_weights: torch.Tensor,
         gram_of: Callable[[torch.Tensor], torch.Tensor],
+        balanced: torch.Tensor | None = None,
     ) -> None:
         self.features = features
         self.content_targets = content_targets
@@ -57,6 +58,11 @@ class Objective:
         self.layer_weights = layer_weights
         self.loss_weights = loss_weights  # (B, 3)
         self.gram_of = gram_of
+        # (B,) which pairs take the balanced loss: each term relative to its target's energy.
+        self.content_scales = self.style_scales = None
+        if balanced is not None and bool(balanced.any()):
+            self.content_scales = energies(content_targets, balanced)
+            self.style_scales = energies(style_targets, balanced)
 
     def __call__(self, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Losses are taken at the clamped image, which is what gets written: the optimiser's
@@ -69,8 +75,10 @@ class Objective:
         feats = self.features(image)
         parts = torch.stack(
             [
-                content_loss(feats, self.content_targets),
-                style_loss(feats, self.style_targets, self.layer_weights, self.gram_of),
+                content_loss(feats, self.content_targets, self.content_scales),
+                style_loss(
+                    feats, self.style_targets, self.layer_weights, self.gram_of, self.style_scales
+                ),
                 tv_loss(image),
             ]
         )

@@ -17,6 +17,11 @@ from nst_core.errors import ParamsError
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# strength s in [0, 1] -> balanced style weight 10 ** (low + (high - low) * s), chosen by the
+# look metric on the sample pairs (BENCHMARKS.md, "look").
+STRENGTH_CURVE = (-1.0, 3.0)  # 0.1 to 1000; strength 0.5 is 10
+DEFAULT_STRENGTH = 0.5
+GATYS_STYLE_WEIGHT = 50.0  # the style weight of `loss: gatys` when none is given
 # Weight sources that name no file: the only ones an untrusted manifest may choose.
 BUILTIN_WEIGHTS = ("caffe", "torchvision")
 
@@ -40,8 +45,24 @@ class StyleParams(BaseModel):
         None, description="One weight per style layer; default: equal weights summing to 1."
     )
     content_weight: float = Field(1.0, ge=0, description="Weight of the content loss.")
-    style_weight: float = Field(50.0, ge=0, description="Weight of the style loss.")
+    strength: float = Field(
+        DEFAULT_STRENGTH,
+        ge=0,
+        le=1,
+        description="How far to stylise, 0 (the photo) to 1 (mostly the painting's textures); "
+        "sets the style weight unless style_weight is given.",
+    )
+    style_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the style loss, for experts; when set it wins over strength.",
+    )
     tv_weight: float = Field(0.0, ge=0, description="Weight of the total-variation loss.")
+    loss: Literal["gatys", "balanced"] = Field(
+        "balanced",
+        description="gatys: plain MSE of features and Grams; balanced: each content and style "
+        "layer's error relative to its target's energy, so no layer dominates by magnitude.",
+    )
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     lbfgs_history: int = Field(
         20, ge=1, le=200, description="L-BFGS curvature pairs kept per image."
@@ -145,6 +166,22 @@ class StyleParams(BaseModel):
                 f"history_every {self.history_every} records {rows:,} history rows; the limit "
                 f"is {limits.max_history_rows:,} (NST_MAX_HISTORY_ROWS): raise history_every"
             )
+
+    def resolved_style_weight(self) -> float:
+        """The style weight the optimisation uses: style_weight when given, else strength's
+        (STRENGTH_CURVE), or the Gatys default with the plain loss."""
+        if self.style_weight is not None:
+            return self.style_weight
+        if self.loss == "gatys":
+            return GATYS_STYLE_WEIGHT
+        low, high = STRENGTH_CURVE
+        return 10 ** (low + (high - low) * self.strength)
+
+    def notes(self) -> list[str]:
+        """What a record should say about how these settings were read."""
+        if self.style_weight is not None:
+            return [f"style_weight {self.style_weight:g} was given, so strength is ignored"]
+        return []
 
     def schedule(self) -> list[int]:
         """The sizes actually run, coarse to fine; always ends at `size`."""

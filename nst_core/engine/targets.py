@@ -177,11 +177,15 @@ class Targets:
         """(B, 3): each pair's content, style and total-variation weights."""
         return torch.tensor(
             [
-                [p.params.content_weight, p.params.style_weight, p.params.tv_weight]
+                [p.params.content_weight, p.params.resolved_style_weight(), p.params.tv_weight]
                 for p in self.pairs
             ],
             device=self.device,
         )
+
+    def balanced(self) -> torch.Tensor:
+        """(B,): the pairs whose losses are balanced (params.loss)."""
+        return torch.tensor([p.params.loss == "balanced" for p in self.pairs], device=self.device)
 
     def initial_image(self, size, content: torch.Tensor) -> torch.Tensor:
         """Each pair's start: its content, its first style stretched to size, or its noise."""
