@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from imagegen import scene, stripes
 
 from bench.baseline import run_baseline
@@ -54,3 +55,18 @@ def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path):
     assert report["engine"]["image_iterations_per_s"] > 0
     assert len(report["quality"]["baseline_losses"]) == 8
     assert set(report["levers"]) >= {"default", "fp32_grams", "tf32_grams", "fp32"}
+
+
+def test_the_look_metric_reads_the_photo_as_no_style_and_the_painting_as_all_style():
+    from bench.look import STYLE_LAYERS, LookMetric
+    from nst_core.batch import demo
+
+    content, style = demo.town(96, 64), demo.swirls(96, 64)
+    metric = LookMetric(content, style, size=64)
+    photo = metric(content)
+    assert all(v == pytest.approx(1.0) for v in photo.layers.values())
+    assert photo.style == pytest.approx(1.0) and photo.colour == pytest.approx(1.0)
+    assert photo.content == 0.0
+    painting = metric(style)  # the same size as the photo here, so the Grams are the style's
+    assert set(painting.layers) == set(STYLE_LAYERS)
+    assert painting.style < 1e-6 and painting.colour < 1e-6 and painting.content > 0.5

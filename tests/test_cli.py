@@ -213,7 +213,7 @@ cli.main()
 def test_help_lists_every_command(capsys):
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
-    for command in ("stylize", "validate", "plan", "schema", "run", "demo"):
+    for command in ("stylize", "validate", "plan", "schema", "devices", "run", "demo"):
         assert f"  {command} " in out, out
 
 

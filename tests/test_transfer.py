@@ -3,7 +3,6 @@ import torch
 from imagegen import scene, stripes
 
 from nst_core.engine import images, losses, targets
-from nst_core.engine.devices import resolve_precision
 from nst_core.engine.loop import lbfgs_steps, network_for, stylize, stylize_batch
 from nst_core.engine.objective import clamp_straight_through
 from nst_core.engine.params import StyleParams
@@ -187,16 +186,6 @@ def test_pairs_with_different_schedules_cannot_share_a_batch():
     pairs = [Pair(scene(), [stripes()], params()), Pair(scene(), [stripes()], params(iterations=5))]
     with pytest.raises(ParamsError, match="must share"):
         stylize_batch(pairs)
-
-
-def test_auto_precision_is_fp32_on_a_cpu_without_amx(monkeypatch):
-    from nst_core.engine import devices
-
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
-    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
-    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_bf16_runs_and_keeps_losses_fp32(content_image, style_image):

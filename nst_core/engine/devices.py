@@ -1,12 +1,9 @@
-"""Which devices exist and which precision pays on each.
-
-Measured, not assumed: on CPUs without AMX, bf16 autocast runs VGG19 several times slower
-than fp32, so `auto` picks bf16 only on CUDA devices with bf16 and on CPUs with AMX.
-"""
+"""Which devices exist and which precision runs on each (`auto`: calibration.py decides by
+timing, not by CPU flags)."""
 
 from __future__ import annotations
 
-import functools
+import threading
 
 import torch
 
@@ -39,23 +36,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@functools.cache
-def cpu_has_amx() -> bool:
-    """bf16 pays on CPUs with AMX tiles; without them it runs several times slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any("amx_bf16" in line for line in cpuinfo if line.startswith("flags"))
-    except OSError:
-        return False
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         if precision == "bf16" and device.type == "mps":
             raise ParamsError(["precision: bf16 autocast is not supported on mps; use fp32"])
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_amx() else "fp32"
-    return "fp32"
+    return _auto(device)
+
+
+def _auto(device: torch.device) -> str:
+    """What `auto` means on `device`, decided once per process (calibration.py)."""
+    key = str(device)
+    with _AUTO_LOCK:  # units on threads: one calibration, not one each
+        if key not in _AUTO:
+            from nst_core.engine.calibration import decide
+
+            _AUTO[key] = decide(device)["precision"]
+        return _AUTO[key]
+
+
+_AUTO: dict[str, str] = {}
+_AUTO_LOCK = threading.Lock()
