@@ -23,6 +23,12 @@ EVALUATIONS = 300
 # The tutorial's loss weights, pinned: what a tutorial user gets, whatever the engine's
 # defaults become (equal style layer weights summing to 1).
 CONTENT_WEIGHT, STYLE_WEIGHT = 1.0, 50.0
+# The engine on the same objective: what benchmarks comparing the two run it with.
+TUTORIAL_SETTINGS = {
+    "loss": "gatys",
+    "content_weight": CONTENT_WEIGHT,
+    "style_weight": STYLE_WEIGHT,
+}
 
 
 def tutorial_gram(features: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from bench.baseline import CONTENT_WEIGHT, EVALUATIONS, STYLE_WEIGHT, run_baseline
+from bench.baseline import EVALUATIONS, TUTORIAL_SETTINGS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
@@ -49,9 +49,6 @@ from nst_core.engine.params import StyleParams
 from nst_core.engine.targets import Pair
 from nst_core.engine.vgg import load_vgg
 
-# The engine runs the tutorial's objective here, as the baseline does, so the two losses
-# compare; the look metric (bench/look.py) says what each output looks like.
-TUTORIAL = {"loss": "gatys", "content_weight": CONTENT_WEIGHT, "style_weight": STYLE_WEIGHT}
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets; sparsity excluded).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -235,7 +232,7 @@ class Bench:
     ) -> tuple[dict, list]:
         """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes,
         and the last repeat's results. `parts` (network, gram_of) go to the engine as is."""
-        settings = {**TUTORIAL, **overrides}
+        settings = {**TUTORIAL_SETTINGS, **overrides}
         params = StyleParams(size=self.size, device=self.device, iterations=iterations, **settings)
 
         def run(params=params):
@@ -284,7 +281,7 @@ class Bench:
     def quality(self) -> dict:
         if not self.baseline_images or self.engine_image is None:
             return {"skipped": "needs both the baseline and the engine sections"}
-        params = StyleParams(size=self.size, device="cpu", precision="fp32", **TUTORIAL)
+        params = StyleParams(size=self.size, device="cpu", precision="fp32", **TUTORIAL_SETTINGS)
         evaluate = Evaluator(self.content, self.style, params)
         content_t, _ = tensors(self.content, self.style, self.size)
         look = LookMetric(self.content, self.style, self.size)
@@ -346,7 +343,7 @@ class Bench:
         if self.baseline_final_loss is None:
             return {"skipped": "needs the baseline section"}
         batch, its = (2, 4) if self.dry else (4, EVALUATIONS)
-        params = StyleParams(size=self.size, device="cpu", precision="fp32", **TUTORIAL)
+        params = StyleParams(size=self.size, device="cpu", precision="fp32", **TUTORIAL_SETTINGS)
         evaluate = Evaluator(self.content, self.style, params)
         out = {"batch": batch, "iterations": its, "baseline_final_loss": self.baseline_final_loss}
         for precision in ("bf16", "fp32"):

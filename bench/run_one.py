@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench.baseline import CONTENT_WEIGHT, EVALUATIONS, STYLE_WEIGHT, run_baseline
+from bench.baseline import EVALUATIONS, TUTORIAL_SETTINGS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from bench.look import LookMetric
 from nst_core.engine import images
@@ -27,8 +27,7 @@ def main() -> None:
     content, style, _ = inputs()
     # Both sides optimise the tutorial's objective, so their losses compare; the look metric
     # (bench/look.py) says what each output looks like.
-    tutorial = {"loss": "gatys", "content_weight": CONTENT_WEIGHT, "style_weight": STYLE_WEIGHT}
-    params = StyleParams(size=size, device="cpu", **{**tutorial, **overrides})
+    params = StyleParams(size=size, device="cpu", **{**TUTORIAL_SETTINGS, **overrides})
     evaluator = Evaluator(content, style, params.model_copy(update={"precision": "fp32"}))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()

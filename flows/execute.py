@@ -95,7 +95,11 @@ def stylize_unit(
     )
     with slot:
         outcomes = runner.run_unit(
-            unit, device, cache=_GRAM_CACHE, on_job=lambda o: _log_outcome(logger, o), force=force
+            unit,
+            device,
+            cache=_GRAM_CACHE,
+            on_job=lambda o: _log_outcome(logger, o),
+            options=runner.UnitOptions(force=force),
         )
     return [
         JobEntry.of(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)

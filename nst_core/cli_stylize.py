@@ -62,15 +62,10 @@ def _progress_bar(console: Console) -> Progress:
 def one_job(
     content: Path, styles: list[Path], blend: list[float] | None, params: StyleParams, out: Path
 ) -> jobs.Job:
-    """The job `nst stylize` runs: its key is the batch key of the same inputs and format."""
-    from nst_core.engine import images
-
+    """The job `nst stylize` runs: its key is the batch key of the same inputs and format.
+    Missing or unreadable files are refused here; undecodable ones by the runner's load."""
     content_bytes = read_input(content, "content")
     style_bytes = [read_input(path, "style") for path in styles]
-    # Bad input is refused here, before the runner, which would record the failure.
-    images.decode_image(content_bytes, str(content))
-    for data, path in zip(style_bytes, styles, strict=True):
-        images.decode_image(data, str(path))
     weights = blend or [1.0] * len(styles)
     content_sha = jobs.sha256(content_bytes)
     style_shas = tuple(jobs.sha256(data) for data in style_bytes)

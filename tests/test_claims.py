@@ -90,7 +90,7 @@ def test_two_runs_of_one_unit_at_once_compute_each_job_once(unit, engine_calls):
 
 def test_a_live_claim_leaves_the_job_to_its_holder_even_with_force(unit, engine_calls):
     live = plant(unit[0], 1, expires_in_s=600)
-    outcomes = runner.run_unit(unit, "cpu", force=True)
+    outcomes = runner.run_unit(unit, "cpu", options=runner.UnitOptions(force=True))
     assert [o.status for o in outcomes] == ["elsewhere", "completed", "completed", "completed"]
     assert not records.is_done(unit[0]) and len(engine_calls) == 3
     assert storage.exists(live)  # the holder's claim is untouched

@@ -51,19 +51,15 @@ class Inputs(_Document):
     styles: list[StyleInput]
 
     @classmethod
-    def of(cls, content: str, content_sha: str, styles, style_shas) -> Inputs:
+    def of_job(cls, job: Job) -> Inputs:
         """The content and each (style URI, weight) with its bytes' sha256."""
         return cls(
-            content=ContentInput(uri=content, sha256=content_sha),
+            content=ContentInput(uri=job.content, sha256=job.content_sha),
             styles=[
                 StyleInput(uri=uri, sha256=sha, weight=weight)
-                for (uri, weight), sha in zip(styles, style_shas, strict=True)
+                for (uri, weight), sha in zip(job.styles, job.style_shas, strict=True)
             ],
         )
-
-    @classmethod
-    def of_job(cls, job: Job) -> Inputs:
-        return cls.of(job.content, job.content_sha, job.styles, job.style_shas)
 
 
 class Losses(_Document):

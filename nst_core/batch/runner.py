@@ -82,15 +82,15 @@ def run_unit(
     *,
     cache: GramCache | None = None,
     on_job: OnJob | None = None,
-    force: bool = False,
     options: UnitOptions | None = None,
 ) -> list[Outcome]:
     """Stylise `unit` on `device`; one Outcome per job, in order.
 
     Each job is claimed first (nst_core/batch/claims.py): a job another run is computing
-    right now comes back `elsewhere`, and `force` recomputes only jobs no live run holds.
+    right now comes back `elsewhere`, and `options.force` recomputes only jobs no live run
+    holds.
     """
-    options = options or UnitOptions(force=force)
+    options = options or UnitOptions()
     outcomes: dict[str, Outcome] = {}
     claims = JobClaims() if options.claim else contextlib.nullcontext(_Unclaimed())
     with claims as held:
@@ -102,14 +102,15 @@ def run_unit(
                 on_job(outcome)
 
         batch = _Batch(cache or GramCache(), options, finish)
-        loaded = _claim_and_load(unit, device, held, batch, options)
+        loaded = _claim_and_load(unit, device, held, batch)
         batch.run(loaded)
     return [outcomes[job.key] for job in unit]
 
 
-def _claim_and_load(unit: list[Job], device: str, held, batch: _Batch, options: UnitOptions):
+def _claim_and_load(unit: list[Job], device: str, held, batch: _Batch):
     """Each job claimed and its inputs read: (job, its engine input, seconds to read it).
     Jobs done already, held elsewhere or unreadable are finished here."""
+    options = batch.options
     seen = {}
     if options.claim:
         seen = {
