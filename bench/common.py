@@ -35,6 +35,19 @@ def inputs() -> tuple[object, object, str]:
     return demo.town(1024, 768), demo.swirls(1024, 1024), "drawn town x drawn swirls"
 
 
+def input_files(folder: Path) -> tuple[Path, Path]:
+    """The inputs of `inputs()` as files, for commands: the photos themselves when present,
+    else the drawn images written into `folder`."""
+    content, style = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
+    if content.exists() and style.exists():
+        return content, style
+    drawn_content, drawn_style, _ = inputs()
+    content, style = folder / "town.png", folder / "swirls.png"
+    drawn_content.save(content)
+    drawn_style.save(style)
+    return content, style
+
+
 def tensors(content, style, size: int, style_scale: float = 1.0):
     """Content and style as (1, 3, H, W) tensors at the output size (longest side `size`)."""
     width, height = images.fit_size(*content.size, size)

@@ -15,12 +15,24 @@ most important first; each is skipped once NST_GPU_BENCH_BUDGET_S would not hold
 - convergence: evaluations to the baseline's quality in bf16 and in fp32;
 - levers: fp32, the Gram's paths, cudnn.benchmark on, torch.compile of the engine's network;
 - memory_model: the planner's predictions against torch's measured peaks, 128-1024 px x 1-16;
-- batch_sweep, network_only, torch_compile: batches 1-64; the bare network in each precision
-  and layout, and compiled.
+- look: the engine at its production defaults (balanced loss, strength, stopping rule) on a
+  batch of 16, images per hour and the look metric (bench/look.py) against the baseline's
+  outputs, at its defaults, at equal evaluations (300) and towards equal time;
+- profile: a torch.profiler table of where an evaluation's time goes: every op by name and
+  input shape (so each VGG layer's convolution, forward and input gradient, is its own
+  row), and totals for convolutions, their gradients, ReLU/pooling, casts, Grams, losses
+  and L-BFGS;
+- cuda_graphs: the network's forward and backward captured as CUDA graphs for the unit's
+  fixed shape (CUDA only);
+- batch_sweep, network_only, torch_compile: batches 1-128; the bare network in each
+  precision and layout (bf16 + channels_last is the engine's whole step), and compiled;
+- compile_unit_thread: the engine with its network under torch.compile, compiled and run
+  from a worker thread as a flow's unit runs, once per shape per process behind a lock.
 
 NST_GPU_BENCH_SECTIONS=a,b runs only those sections (a rerun inside one lease);
 NST_BENCH_IMAGES=DIR takes the sample photos from DIR. `--dry-run` does all of it at toy
-sizes on any device, to check the script end to end; `--no-compile` skips torch.compile.
+sizes on any device, to check the script end to end, and names the CUDA-only sections it
+skipped; `--no-compile` skips torch.compile.
 """
 
 from __future__ import annotations
@@ -30,8 +42,10 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,9 +57,10 @@ from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
 from nst_core.batch.units import estimate_bytes
 from nst_core.engine import images
-from nst_core.engine.loop import network_for, stylize_batch
+from nst_core.engine.loop import network_for, network_layers, stylize_batch
 from nst_core.engine.losses import gram
 from nst_core.engine.params import StyleParams
+from nst_core.engine.steppers import LBFGSSteps
 from nst_core.engine.targets import Pair
 from nst_core.engine.vgg import load_vgg
 
@@ -61,6 +76,26 @@ def peak_tflops(name: str) -> float | None:
 def gflop_per_image_iteration(width: int, height: int) -> float:
     """Convolution work scales with pixels; 379 GFLOP is the 512x512 figure."""
     return GFLOP_PER_IMAGE_ITERATION_512 * width * height / 512**2
+
+
+def _category(op: str) -> str:
+    """A profiled op's share of an evaluation, by what it does."""
+    name = op.lower()
+    if name.startswith("nst::"):
+        return "labelled ranges (counted in their ops)"
+    if "convolution_backward" in name or "convolutionbackward" in name:
+        return "convolution input gradient"
+    if "conv" in name:
+        return "convolution forward"
+    if any(k in name for k in ("relu", "threshold", "pool")):
+        return "relu / pooling"
+    if any(k in name for k in ("_to_copy", "aten::to", "copy_", "contiguous", "clone")):
+        return "casts and layout copies"
+    if any(k in name for k in ("bmm", "mm", "matmul", "gram")):
+        return "grams (matrix products)"
+    if any(k in name for k in ("mse", "sub", "pow", "square", "mean", "sum", "mul", "div")):
+        return "losses and vector arithmetic (incl. L-BFGS)"
+    return "other"
 
 
 def gram_fp32_path(features: torch.Tensor) -> torch.Tensor:
@@ -228,11 +263,23 @@ class Bench:
         return self.engine_run(batch, iterations, parts=parts, **overrides)[0]
 
     def engine_run(
-        self, batch: int, iterations: int, *, repeats: int = 1, parts=None, **overrides
+        self,
+        batch: int,
+        iterations: int,
+        *,
+        repeats: int = 1,
+        parts=None,
+        settings: dict | None = None,
+        tutorial: bool = True,
+        **overrides,
     ) -> tuple[dict, list]:
         """Throughput of one batch of `batch` identical pairs, after a warm-up at its shapes,
-        and the last repeat's results. `parts` (network, gram_of) go to the engine as is."""
-        settings = {**TUTORIAL_SETTINGS, **overrides}
+        and the last repeat's results. `parts` (network, gram_of) go to the engine as is.
+        It runs the tutorial's objective, so losses compare with the baseline's, unless
+        `tutorial` is False (the production defaults)."""
+        # Throughput runs take every evaluation: no stopping rule unless a caller asks.
+        fixed = {**TUTORIAL_SETTINGS, "stop_tolerance": 0.0} if tutorial else {}
+        settings = {**fixed, **(settings or {}), **overrides}
         params = StyleParams(size=self.size, device=self.device, iterations=iterations, **settings)
 
         def run(params=params):
@@ -245,7 +292,7 @@ class Bench:
         results = runs[-1]
         seconds = statistics.median(times)
         width, height = results[0].image.size
-        rate = batch * iterations / seconds
+        rate = sum(r.evaluations for r in results) / seconds  # the evaluations run
         resolved = params.model_copy(update={"precision": results[0].precision})
         row = {
             "batch": batch,
@@ -357,7 +404,7 @@ class Bench:
         return out
 
     def batch_sweep(self) -> dict:
-        sizes = (1, 2) if self.dry else (1, 4, 16, 32, 64)
+        sizes = (1, 2) if self.dry else (1, 4, 16, 32, 64, 128)
         return {f"batch_{b}": self.engine_rate(b, self.lever_iterations) for b in sizes}
 
     def _network(self, batch: int, *, bf16: bool, nhwc: bool, compiled: bool = False):
@@ -446,6 +493,160 @@ class Bench:
             row = self._rate(step, self.batch)
         return row | {"compile_s": compile_s}
 
+    def look(self) -> dict:
+        """The engine as users run it, judged by the look metric against the baseline."""
+        if not self.baseline_images:
+            return {"skipped": "needs the baseline section"}
+        metric = LookMetric(self.content, self.style, self.size)
+        baseline = [asdict(metric(images.to_image(i[0]))) for i in self.baseline_images]
+        out = {
+            "baseline_style": statistics.median(b["style"] for b in baseline),
+            "baseline_content": statistics.median(b["content"] for b in baseline),
+        }
+        per_image = self.report.get("baseline", {}).get("cudnn_default", {}).get("s_per_image")
+        # At equal time the engine could run about ten times the baseline's evaluations;
+        # a few hundred past its default already show where its look settles.
+        towards_equal_time = 4 if self.dry else 2 * EVALUATIONS
+        runs = {
+            "defaults": ({}, self.engine_iterations),
+            "equal_evaluations": ({"stop_tolerance": 0.0}, self.baseline_evals),
+            "towards_equal_time": ({"stop_tolerance": 0.0}, towards_equal_time),
+        }
+        for label, (overrides, iterations) in runs.items():
+            row, results = self.engine_run(
+                self.batch, iterations, settings=overrides, tutorial=False
+            )
+            row["look"] = asdict(metric(results[0].image))
+            row["evaluations_run"] = [r.evaluations for r in results]
+            row["as_good_as_baseline"] = (
+                row["look"]["style"] <= out["baseline_style"]
+                and row["look"]["content"] <= out["baseline_content"]
+            )
+            if per_image:
+                row["speedup_vs_baseline"] = row["images_per_hour"] / (3600 / per_image)
+            out[label] = row
+        return out
+
+    def profile(self) -> dict:
+        """Where one evaluation's time goes, from torch.profiler over a few evaluations."""
+        from torch.profiler import ProfilerActivity, profile, record_function
+
+        iterations = 2 if self.dry else 6
+        params = StyleParams(
+            size=self.size, device=self.device, iterations=iterations, stop_tolerance=0.0
+        )
+        pairs = [Pair(self.content, [self.style], params)] * self.batch
+
+        def labelled_gram(features):
+            with record_function("nst::gram"):
+                return gram(features)
+
+        class LabelledLBFGS(LBFGSSteps):
+            def tell(self, losses, grad):
+                with record_function("nst::lbfgs"):
+                    super().tell(losses, grad)
+
+        stylize_batch(pairs)  # warm-up: autotuning and allocations stay out of the table
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        with profile(activities=activities, record_shapes=True) as prof:
+            stylize_batch(pairs, optimizer=LabelledLBFGS, gram_of=labelled_gram)
+        self.sync()
+        averages = prof.key_averages(group_by_input_shape=True)
+        device = "device" if self.cuda else "cpu"
+
+        def self_ms(event) -> float:
+            total = event.self_device_time_total if self.cuda else event.self_cpu_time_total
+            return total / 1000 / iterations
+
+        rows = sorted(averages, key=self_ms, reverse=True)
+        table = [
+            {
+                "op": e.key,
+                "input_shapes": str(e.input_shapes)[:120],
+                "calls_per_evaluation": e.count / iterations,
+                f"self_{device}_ms_per_evaluation": round(self_ms(e), 3),
+            }
+            for e in rows[:30]
+        ]
+        totals: dict[str, float] = {}
+        for event in averages:
+            category = _category(event.key)
+            totals[category] = totals.get(category, 0.0) + self_ms(event)
+        # Ranges we opened: their time includes the ops inside, which the categories count.
+        ranges = {
+            e.key: round(
+                (e.device_time_total if self.cuda else e.cpu_time_total) / 1000 / iterations, 3
+            )
+            for e in prof.key_averages()
+            if e.key.startswith("nst::")
+        }
+        whole = sum(totals.values())
+        return {
+            "evaluations": iterations,
+            "batch": self.batch,
+            "time": f"self {device} time, ms per evaluation of the whole batch",
+            "categories_ms": {k: round(v, 3) for k, v in sorted(totals.items())},
+            "categories_share": {k: round(v / whole, 3) for k, v in sorted(totals.items())},
+            "labelled_ranges_ms": ranges,
+            "top_ops": table,
+        }
+
+    def cuda_graphs(self) -> dict:
+        """The network's forward + backward replayed from CUDA graphs at the unit's shape."""
+        params = StyleParams(size=self.size, device=self.device, stop_tolerance=0.0)
+        names = network_layers(params)
+        network = network_for(params, self.device).to(memory_format=torch.channels_last)
+        shape = (self.batch, 3, self.size, self.size)
+
+        class Tupled(torch.nn.Module):
+            def forward(self, x):
+                with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                    features = network(x)
+                return tuple(features[name] for name in names)
+
+        sample = torch.rand(shape, device=self.device).contiguous(memory_format=torch.channels_last)
+        graphed = torch.cuda.make_graphed_callables(Tupled(), (sample.requires_grad_(True),))
+
+        class Replayed(torch.nn.Module):
+            """The graph for the optimised image; targets (other shapes, no grad) run eager."""
+
+            def forward(self, x):
+                if tuple(x.shape) == shape and x.requires_grad:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    return dict(zip(names, graphed(x), strict=True))
+                return network(x)
+
+        its = self.lever_iterations
+        return {
+            "eager": self.engine_rate(self.batch, its, stop_tolerance=0.0),
+            "graphed": self.engine_rate(
+                self.batch, its, parts={"network": Replayed()}, stop_tolerance=0.0
+            ),
+        }
+
+    def compile_unit_thread(self) -> dict:
+        """torch.compile as a flow's unit would use it: from a worker thread, once per shape."""
+        lock = threading.Lock()
+        compiled: dict[tuple, torch.nn.Module] = {}
+        params = StyleParams(size=self.size, device=self.device)
+
+        def network():
+            with lock:  # PT2 compiles are not thread-safe (pytorch#118260)
+                key = (self.size, self.batch)
+                if key not in compiled:
+                    compiled[key] = torch.compile(network_for(params, self.device))
+                return compiled[key]
+
+        def unit():
+            began = time.perf_counter()
+            row = self.engine_rate(self.batch, self.lever_iterations, parts={"network": network()})
+            return row | {"wall_with_compile_s": time.perf_counter() - began}
+
+        with ThreadPoolExecutor(1, thread_name_prefix="unit") as pool:
+            first = pool.submit(unit).result()
+            again = pool.submit(unit).result()  # the compiled network reused, no recompile
+        return {"first_unit": first, "second_unit": again}
+
     def run(self, only: set[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = False  # the library default, until a section says
         sections = [
@@ -458,15 +659,29 @@ class Bench:
             ("convergence", 40, self.convergence),
             ("levers", 40, self.levers),
             ("memory_model", 60, self.memory_model),
+            ("look", 60, self.look),
+            ("profile", 20, self.profile),
+            ("cuda_graphs", 30, self.cuda_graphs),
             ("batch_sweep", 40, self.batch_sweep),
             ("network_only", 20, self.network_only),
             ("torch_compile", 120, self.compiled),
+            ("compile_unit_thread", 120, self.compile_unit_thread),
         ]
+        cuda_only = {"cuda_graphs"}
+        compiles = {"torch_compile", "compile_unit_thread"}
         for name, need_s, fn in sections:
-            if name == "torch_compile" and not self.with_compile:
+            if only is not None and name not in only and name != "describe":
                 continue
-            if only is None or name in only or name == "describe":
+            if name in compiles and not self.with_compile:
+                self.report[name] = {"skipped": "--no-compile"}
+            elif name in cuda_only and not self.cuda:
+                self.report[name] = {"skipped": "CUDA only"}
+            else:
                 self.section(name, need_s, fn)
+        skipped = [n for n, r in self.report.items() if isinstance(r, dict) and "skipped" in r]
+        self.report["skipped_sections"] = skipped
+        self.save()
+        print(f"skipped: {', '.join(skipped) or 'none'}", flush=True)
 
 
 def main() -> None:

@@ -197,7 +197,7 @@ def _settled_entries(work: _Work) -> dict[str, JobEntry]:
         if j.key in work.done
     }
     for job, need in work.unfit:
-        outcome = runner.fail(job, units.unfit_reason(need, work.budget))
+        outcome = runner.fail(job, units.unfit_reason(job, need, work.budget))
         get_run_logger().error("failed %s: %s", job.label, outcome.error)
         entries[job.key] = JobEntry.of(job, "failed", record=outcome.record, error=outcome.error)
     return entries

@@ -75,6 +75,13 @@ def stylize(
     iterations: str | None = typer.Option(
         None, metavar="N", help=f"Loss evaluations per scale [{_default('iterations')}]."
     ),
+    stop_tolerance: str | None = typer.Option(
+        None,
+        metavar="F",
+        help="Stop once the loss improves by less than this fraction over --stop-window "
+        f"evaluations; 0 never stops early [{_default('stop_tolerance')}].",
+    ),
+    stop_window: str | None = typer.Option(None, metavar="N", help=f"[{_default('stop_window')}]"),
     content_weight: str | None = typer.Option(
         None, metavar="W", help=f"Content weight [{_default('content_weight')}]."
     ),

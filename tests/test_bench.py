@@ -49,10 +49,16 @@ def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     sections = ["describe", "ceilings", "grams_only", "baseline", "engine", "quality"]
-    sections += ["convergence", "levers", "memory_model", "batch_sweep", "network_only"]
+    sections += ["convergence", "levers", "memory_model", "look", "profile", "batch_sweep"]
+    sections += ["network_only"]
     for name in sections:
         assert "error" not in report[name] and "skipped" not in report[name], report[name]
+    # What could not run here is named, not silently left out.
+    assert report["skipped_sections"] == ["cuda_graphs", "torch_compile", "compile_unit_thread"]
     assert report["engine"]["image_iterations_per_s"] > 0
+    assert {"defaults", "equal_evaluations", "towards_equal_time"} <= set(report["look"])
+    assert report["profile"]["categories_ms"]["convolution forward"] > 0
+    assert report["profile"]["top_ops"]
     assert len(report["quality"]["baseline_losses"]) == 8
     assert set(report["levers"]) >= {"default", "fp32_grams", "tf32_grams", "fp32"}
 

@@ -175,7 +175,11 @@ def test_a_job_that_cannot_fit_fails_alone_before_any_optimisation(
     monkeypatch.setattr(runner, "stylize_batch", counted)
     doc = yaml.safe_load(TINY_MANIFEST)
     doc["pairs"] = [
-        {"content": "photos/a.png", "style": "paintings/s1.png", "params": {"size": 2048}}
+        {
+            "content": "photos/a.png",
+            "style": "paintings/s1.png",
+            "params": {"size": 2048, "tile": "off"},
+        }
     ]
     uri = write_batch(str(tmp_path), yaml.safe_dump(doc))
     state = stylize_batch(uri, return_state=True)
@@ -186,7 +190,7 @@ def test_a_job_that_cannot_fit_fails_alone_before_any_optimisation(
     assert big["error"].startswith("needs about 11.")
     assert big["error"].endswith(
         "GB even alone, over the memory budget of 4.00 GB (NST_MEMORY_BUDGET_GB); lower size "
-        "or style_scale"
+        "or style_scale, or let it run in tiles (tile: auto)"
     )
 
 

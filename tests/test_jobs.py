@@ -1,5 +1,6 @@
 """Job identity, output names and the done check that makes reruns idempotent."""
 
+import json
 import re
 
 import pytest
@@ -88,3 +89,30 @@ def test_strength_sets_the_style_weight_unless_an_expert_gives_one():
     assert key(params=StyleParams(size=64, iterations=5, loss="balanced", style_weight=same)) == (
         key(params=StyleParams(size=64, iterations=5, loss="balanced", strength=0.5))
     )
+
+
+def test_the_stopping_rule_is_in_the_key_only_when_it_can_stop_a_pair():
+    on = StyleParams(size=64, iterations=5, stop_tolerance=0.01)
+    assert key(params=on.model_copy(update={"stop_window": 7})) != key(params=on)
+    assert key(params=on.model_copy(update={"stop_tolerance": 0.02})) != key(params=on)
+    off = StyleParams(size=64, iterations=5, stop_tolerance=0.0)
+    assert key(params=off) != key(params=on)
+    assert key(params=off.model_copy(update={"stop_window": 7})) == key(params=off)
+    # Off, the key holds no trace of the rule: it is the identity of the params without it.
+    fields = off.model_dump(mode="json")
+    for name in ("device", "history_every", "tile", "strength", "stop_tolerance", "stop_window"):
+        fields.pop(name)
+    fields["style_weight"] = off.resolved_style_weight()
+    identity = {
+        "engine": jobs.ENGINE_VERSION,
+        "content": "c" * 64,
+        "styles": [["s" * 64, 1.0]],
+        "params": fields,
+        "format": "jpg",
+    }
+    assert key(params=off) == jobs.sha256(json.dumps(identity, sort_keys=True).encode())
+
+
+def test_tiling_is_how_a_job_runs_not_what_it_is():
+    for tile in ("off", 512, 64):
+        assert key(params=PARAMS.model_copy(update={"tile": tile})) == key()

@@ -64,3 +64,17 @@ def test_non_finite_losses_shrink_the_step_instead_of_diverging():
         grad = torch.nan_to_num(x.grad, nan=0.0, posinf=0.0, neginf=0.0)
         opt.tell(f.detach(), grad)
     torch.testing.assert_close(opt.x, torch.ones(2, 3, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_samples_that_leave_the_batch_change_nothing_for_those_that_stay():
+    x0 = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    opt = minimise(x0, 17)  # mid-way, with line searches in flight
+    opt.keep([3, 1])
+    for _ in range(23):
+        x = opt.ask().clone().requires_grad_(True)
+        f = rosenbrock(x)
+        f.sum().backward()
+        opt.tell(f.detach(), x.grad)
+    for row, b in enumerate([3, 1]):
+        alone = minimise(x0[b : b + 1], 40)
+        assert torch.equal(alone.x[0], opt.x[row])

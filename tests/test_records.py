@@ -81,7 +81,7 @@ def test_a_record_keeps_strength_and_style_weight_and_says_which_won(tmp_path):
     from nst_core.engine.loop import Result
 
     one = job(tmp_path)
-    result = Result(Image.new("RGB", (4, 3)), [], {"total": 1.0}, 0.1, 1, "cpu", "fp32")
+    result = Result(Image.new("RGB", (4, 3)), [], {"total": 1.0}, 0.1, 40, [], 1, "cpu", "fp32")
 
     def made_with(params: StyleParams) -> dict:
         record = Record.completed(

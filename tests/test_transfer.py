@@ -3,9 +3,10 @@ import torch
 from imagegen import scene, stripes
 
 from nst_core.engine import images, losses, targets
-from nst_core.engine.loop import lbfgs_steps, network_for, stylize, stylize_batch
+from nst_core.engine.loop import network_for, stylize, stylize_batch
 from nst_core.engine.objective import clamp_straight_through
 from nst_core.engine.params import StyleParams
+from nst_core.engine.steppers import LBFGSSteps
 from nst_core.engine.targets import GramCache, Pair
 from nst_core.errors import ImageError, ParamsError
 
@@ -253,7 +254,7 @@ def test_the_network_optimiser_and_gram_are_parts_a_caller_passes(content_image,
 
     def optimizer(x, p):
         calls["optimizer"] += 1
-        return lbfgs_steps(x, p)
+        return LBFGSSteps(x, p)
 
     def gram_of(features):
         calls["gram"] += 1
@@ -269,3 +270,69 @@ def test_the_network_optimiser_and_gram_are_parts_a_caller_passes(content_image,
     assert calls["network"] == 1 + 1 + 4  # the content, the style, then each evaluation
     assert calls["gram"] == len(settings.style_layers) * (1 + 4)
     assert [row["evaluation"] for row in result.history] == [4]
+
+
+class CountingNetwork(PerSampleNetwork):
+    """PerSampleNetwork that notes the batch size of every call."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_pairs_that_stop_leave_the_batch_and_the_rest_go_on_unchanged(optimizer, one_thread):
+    iterations = 30
+    # A loose rule stops pairs 0 and 2 early; pair 1 never stops; pair 3 stops late.
+    rules = [(0.5, 3), (0.0, 20), (0.3, 2), (0.02, 10)]
+    pairs = [
+        Pair(
+            pair.content,
+            pair.styles,
+            pair.params.model_copy(
+                update={
+                    "stop_tolerance": tolerance,
+                    "stop_window": window,
+                    "optimizer": optimizer,
+                    "learning_rate": 0.03,
+                }
+            ),
+            style_weights=pair.style_weights,
+        )
+        for pair, (tolerance, window) in zip(mixed_pairs(iterations), rules, strict=True)
+    ]
+    network = CountingNetwork(network_for(pairs[0].params, "cpu"))
+    batched = stylize_batch(pairs, network=network)
+
+    evaluations = [result.evaluations for result in batched]
+    assert evaluations[1] == iterations
+    assert min(evaluations[0], evaluations[2]) < iterations
+    for result in batched:
+        assert result.history[-1]["evaluation"] == result.evaluations
+    # The batch shrank as pairs stopped: at evaluation k it held the pairs not yet stopped.
+    optimising = network.batches[-max(evaluations) :]
+    assert optimising == [sum(n >= k for n in evaluations) for k in range(1, max(evaluations) + 1)]
+    assert optimising[0] == 4 and optimising[-1] < 4
+    for pair, together in zip(pairs, batched, strict=True):
+        alone = stylize(pair, network=network)
+        assert alone.evaluations == together.evaluations
+        assert images.encode_image(alone.image, "a.png") == images.encode_image(
+            together.image, "b.png"
+        )
+
+
+def test_a_pair_stopped_at_a_coarse_scale_goes_on_at_the_next(content_image, style_image):
+    loose = params(scales=(32,), iterations=40, stop_tolerance=0.5, stop_window=3, history_every=5)
+    result = stylize(Pair(content_image, [style_image], loose))
+    by_scale = {}
+    for row in result.history:
+        by_scale.setdefault(row["scale"], []).append(row["evaluation"])
+    assert sorted(by_scale) == [32, 64]
+    at_32 = by_scale[32][-1]
+    assert at_32 < 40  # stopped early at 32 px ...
+    assert by_scale[64][0] > at_32  # ... and counted on at 64 px
+    assert result.evaluations == result.history[-1]["evaluation"] < 80

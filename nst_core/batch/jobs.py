@@ -24,9 +24,11 @@ if TYPE_CHECKING:
     from nst_core.batch.manifest import Plan
 
 # Bump when a change to the engine changes its outputs for the same inputs and params.
-ENGINE_VERSION = "2"  # 2: the balanced loss and strength are the defaults
-# Where and how often it runs does not change what a job is.
-NOT_IN_KEY = frozenset({"device", "history_every"})
+# 2: the balanced loss and strength are the defaults; 3: the stopping rule is on by default.
+ENGINE_VERSION = "3"
+# Where it runs, how often it reports and whether it runs in tiles (the same objective and
+# gradient, tile by tile) do not change what a job is.
+NOT_IN_KEY = frozenset({"device", "history_every", "tile"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -58,6 +60,10 @@ def _params_identity(params: StyleParams) -> dict:
     matters through it), without where or how often it runs."""
     identity = {k: v for k, v in params.model_dump(mode="json").items() if k not in NOT_IN_KEY}
     identity.pop("strength", None)
+    if not params.stop_tolerance:
+        # A rule that never fires changes nothing: keys stay those of runs without it.
+        identity.pop("stop_tolerance")
+        identity.pop("stop_window")
     identity["style_weight"] = params.resolved_style_weight()
     return identity
 

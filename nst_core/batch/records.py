@@ -83,6 +83,8 @@ class Record(_Document):
     precision: str | None = None
     weights: str | None = None
     batch_size: int | None = None
+    evaluations: int | None = None  # loss evaluations run, over every scale
+    tiling: list[dict[str, Any]] | None = None  # per scale; tile, halo and tiles when tiled
     losses: Losses | None = None
     timings: dict[str, float] | None = None
     versions: dict[str, str] | None = None
@@ -131,6 +133,8 @@ class Record(_Document):
             precision=result.precision,
             weights=params.weights,
             batch_size=result.batch_size,
+            evaluations=result.evaluations,
+            **({"tiling": result.tiling} if any("tile" in s for s in result.tiling) else {}),
             losses=Losses(final=result.final, history=result.history),
             timings={name: round(value, 3) for name, value in timings.items()},
             versions=package_versions(),

@@ -7,12 +7,14 @@ against measured peaks; the budget is a setting because a device is often shared
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
+from dataclasses import replace
 
 from nst_core.batch.jobs import Job
 from nst_core.engine.images import fit_size
-from nst_core.engine.layers import channels
+from nst_core.engine.layers import channels, min_side, pools_through, reach
 from nst_core.engine.params import StyleParams
 
 # Bytes per output pixel per pair for the network's activations and gradients, by precision.
@@ -31,6 +33,8 @@ FIXED_BYTES = 20 * 2**20
 STYLE_FORWARD_BYTES_PER_PIXEL = 1_100
 DEFAULT_CPU_BUDGET_GB = 4.0
 MAX_BATCH = 16
+# Tile sizes tried, largest first, for a job with `tile: auto` that does not fit whole.
+TILE_SIZES = (2048, 1024, 512, 256, 128, 64, 32)
 
 
 def gram_bytes(params: StyleParams) -> int:
@@ -58,10 +62,55 @@ def estimate_bytes(
     return FIXED_BYTES + max(optimisation, style_forward) + targets
 
 
+def tiled_bytes(
+    width: int, height: int, params: StyleParams, tile: int, *, batch: int = 1, styles: int = 1
+) -> int:
+    """Peak memory of a batch at (width, height) run in tiles of `tile` pixels: the network
+    sees one tile and its halo at a time, while the whole image's state stays (the image, its
+    gradient and best point, L-BFGS's history, the content targets' feature maps)."""
+    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
+    align = min_side(layers)
+    tile = math.ceil(tile / align) * align
+    halo = math.ceil(reach(layers) / align) * align
+    crop = min(width, tile + 2 * halo) * min(height, tile + 2 * halo)
+    per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
+    network = crop * per_pixel * batch
+    state_per_pixel = 3 * 3 * 4  # the point, its gradient, the best point: fp32 RGB
+    if params.optimizer == "lbfgs":
+        state_per_pixel += params.lbfgs_history * 2 * 3 * 4 + 6 * 3 * 4
+    for layer in params.content_layers:
+        state_per_pixel += channels(layer) * 4 / 4 ** pools_through(layer)
+    state = int(width * height * state_per_pixel * batch)
+    style_side = max(width, height) * params.style_scale
+    style_forward = int(min(style_side**2, crop) * STYLE_FORWARD_BYTES_PER_PIXEL)
+    targets = gram_bytes(params) * styles * batch
+    return FIXED_BYTES + max(network, style_forward) + state + targets
+
+
 def job_bytes(job: Job) -> int | None:
-    """A job's estimated peak alone on a device, or None when its content size is unknown."""
+    """A job's estimated peak alone on a device (tiled when its params say so), or None
+    when its content size is unknown."""
     size = output_size(job)
-    return None if size is None else estimate_bytes(*size, job.params, styles=len(job.styles))
+    if size is None:
+        return None
+    tile = job.params.tile_size(size)
+    if tile is not None:
+        return tiled_bytes(*size, job.params, tile, styles=len(job.styles))
+    return estimate_bytes(*size, job.params, styles=len(job.styles))
+
+
+def in_tiles(job: Job, budget_bytes: int) -> Job | None:
+    """The job set to run in the largest tiles that fit `budget_bytes`, when its `tile` is
+    auto and some tile does; else None. Tiling is how, not what: the job key stays."""
+    size = output_size(job)
+    if job.params.tile != "auto" or size is None:
+        return None
+    for tile in TILE_SIZES:
+        if tile < max(size):
+            need = tiled_bytes(*size, job.params, tile, styles=len(job.styles))
+            if need <= budget_bytes:
+                return replace(job, params=job.params.model_copy(update={"tile": tile}))
+    return None
 
 
 def memory_budget_bytes(device: str) -> int:
@@ -83,21 +132,35 @@ def output_size(job: Job) -> tuple[int, int] | None:
 
 
 def split_unfit(jobs: list[Job], budget_bytes: int) -> tuple[list[Job], list[tuple[Job, int]]]:
-    """(jobs that fit the budget alone, (job, estimated bytes) for those that do not)."""
+    """(jobs that fit the budget alone, whole or in tiles, (job, estimated bytes) for those
+    that do not fit even in tiles)."""
     fitting, unfit = [], []
     for job in jobs:
         need = job_bytes(job)
-        if need is not None and need > budget_bytes:
-            unfit.append((job, need))
-        else:
+        if need is None or need <= budget_bytes:
             fitting.append(job)
+        elif (tiled := in_tiles(job, budget_bytes)) is not None:
+            fitting.append(tiled)
+        else:
+            unfit.append((job, min(need, _smallest_tiles_bytes(job))))
     return fitting, unfit
 
 
-def unfit_reason(need: int, budget_bytes: int) -> str:
+def _smallest_tiles_bytes(job: Job) -> int:
+    size = output_size(job)
+    if job.params.tile != "auto" or size is None:
+        return 2**62
+    return tiled_bytes(*size, job.params, TILE_SIZES[-1], styles=len(job.styles))
+
+
+def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:
+    how = "even alone" if job.params.tile == "off" else "even alone and in tiles"
+    fix = "lower size or style_scale"
+    if job.params.tile == "off":
+        fix += ", or let it run in tiles (tile: auto)"
     return (
-        f"needs about {need / 2**30:,.2f} GB even alone, over the memory budget of "
-        f"{budget_bytes / 2**30:,.2f} GB (NST_MEMORY_BUDGET_GB); lower size or style_scale"
+        f"needs about {need / 2**30:,.2f} GB {how}, over the memory budget of "
+        f"{budget_bytes / 2**30:,.2f} GB (NST_MEMORY_BUDGET_GB); {fix}"
     )
 
 

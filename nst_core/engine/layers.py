@@ -41,3 +41,21 @@ def pools_through(name: str) -> int:
 def min_side(layers) -> int:
     """Smallest image side (pixels) whose feature maps stay at least 1x1 at every layer."""
     return 2 ** max(pools_through(n) for n in layers)
+
+
+def reach(layers) -> int:
+    """How far (pixels, to either side) an output position of the deepest of `layers` sees
+    into the input: a 3x3 convolution widens it by its stride on each side, a 2x2 pooling by
+    its stride on the far side. Features computed from a crop with at least this margin
+    around a region equal the whole image's there."""
+    deepest = max(LAYER_INDEX[name] for name in layers)
+    radius, stride = 0, 1
+    for name, index in LAYER_INDEX.items():
+        if index > deepest:
+            break
+        if name.startswith("conv"):
+            radius += stride
+        elif name.startswith("pool"):
+            radius += stride
+            stride *= 2
+    return radius

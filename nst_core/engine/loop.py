@@ -7,7 +7,9 @@ What differs from the paper, and why:
 - Losses are per sample and the default optimiser is our batched L-BFGS (optim.py), so a
   pair's result does not depend on the other pairs in its batch.
 - `iterations` counts loss evaluations (forward+backward passes), the unit of cost, for
-  L-BFGS (line-search trials included) and Adam alike.
+  L-BFGS (line-search trials included) and Adam alike. It is a budget per scale: a pair
+  whose optimiser has converged, or whose stopping rule (stopping.py) says its loss no
+  longer moves, leaves the batch early, and the others go on without it.
 - The returned image is the lowest-loss point evaluated, not the last one; losses are taken
   at the image clamped to [0, 1], which is what is written (objective.py).
 
@@ -18,7 +20,7 @@ The network, the optimiser, the Gram function and the Gram cache are parts a cal
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,19 +31,17 @@ from nst_core.engine import images
 from nst_core.engine.devices import resolve_device, resolve_precision
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features, Objective
-from nst_core.engine.optim import BatchedLBFGS
 from nst_core.engine.params import StyleParams
+from nst_core.engine.steppers import OPTIMIZERS, Optimizer, Stepper
+from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
+from nst_core.engine.tiling import TiledObjective, Tiling
 from nst_core.engine.vgg import load_vgg
 from nst_core.errors import ParamsError
 
 LOSS_NAMES = ("total", "content", "style", "tv")
 # Progress callback: (evaluations done, evaluations in all, per-pair losses of the latest record)
 Progress = Callable[[int, int, list[dict[str, float]]], None]
-# One optimiser step: the point to evaluate next, and what to tell the optimiser afterwards
-# (the per-sample losses and the gradient at that point).
-Step = tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], None]]
-Optimizer = Callable[[torch.Tensor, StyleParams], Iterator[Step]]
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Result:
     history: list[dict]  # one row per record: evaluation, scale, seconds and LOSS_NAMES
     final: dict[str, float]  # losses of the returned image at the output size
     seconds: float  # wall time of the whole batch this pair was part of
+    evaluations: int  # loss evaluations this pair ran, over every scale
+    tiling: list[dict]  # per scale: {"scale": px} plus tile, halo and tiles when tiled
     batch_size: int
     device: str
     precision: str
@@ -63,29 +65,6 @@ def network_layers(params: StyleParams) -> tuple[str, ...]:
 def network_for(params: StyleParams, device: torch.device | str) -> torch.nn.Module:
     """The engine's own network for these settings: VGG19 up to the deepest layer used."""
     return load_vgg(network_layers(params), params.weights, params.pooling, str(device))
-
-
-def lbfgs_steps(x: torch.Tensor, params: StyleParams) -> Iterator[Step]:
-    shape = x.shape
-    opt = BatchedLBFGS(x.flatten(1), history_size=params.lbfgs_history)
-    while True:
-        point = opt.ask().view(shape).clone().requires_grad_(True)
-        yield point, lambda f, g: opt.tell(f, g.flatten(1))
-
-
-def adam_steps(x: torch.Tensor, params: StyleParams) -> Iterator[Step]:
-    x = x.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=params.learning_rate)
-
-    def finish(_f, _g):
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    while True:
-        yield x, finish
-
-
-OPTIMIZERS: dict[str, Optimizer] = {"lbfgs": lbfgs_steps, "adam": adam_steps}
 
 
 def stylize(
@@ -149,6 +128,8 @@ def stylize_batch(
             history=run.history[b],
             final=run.final[b],
             seconds=seconds,
+            evaluations=run.evaluations[b],
+            tiling=run.tiling,
             batch_size=len(pairs),
             device=str(device),
             precision=precision,
@@ -166,18 +147,27 @@ class _Scales:
         self.optimizer = optimizer
         self.progress = progress
         self.total_evals = self.params.iterations * n_scales
-        self.evals_done = 0
+        self.budget_done = 0  # evaluations of the scales finished, as budgeted: for progress
         self.started = time.perf_counter()
-        self.history: list[list[dict]] = [[] for _ in targets.pairs]
-        self.final: list[dict[str, float]] = [{} for _ in targets.pairs]
+        n = len(targets.pairs)
+        self.evaluations = [0] * n  # each pair's own, which the stopping rule may cut short
+        self.history: list[list[dict]] = [[] for _ in range(n)]
+        self.final: list[dict[str, float]] = [{} for _ in range(n)]
+        self.latest: list[dict[str, float]] = [{} for _ in range(n)]
+        self.tiling: list[dict] = []  # per scale: its size, and its tiles when it ran tiled
         self.loss_weights = targets.loss_weights()
 
-    def objective(self, size) -> tuple[Objective, torch.Tensor]:
-        """The loss at `size`, and the luma-aware contents it was built from."""
+    def objective(self, size) -> tuple[Objective | TiledObjective, torch.Tensor]:
+        """The loss at `size`, tiled when the params say so for this size, and the
+        luma-aware contents it was built from."""
         targets = self.targets
+        tile = self.params.tile_size(size)
+        layers = network_layers(self.params)
+        tiling = Tiling.for_layers(tile, layers) if tile else None
+        self.tiling.append({"scale": max(size), **(tiling.describe(*size[::-1]) if tiling else {})})
         content = targets.contents(size, luma=True)
-        content_targets = targets.content_features(content)
-        style_targets = targets.style_grams(size, content)
+        content_targets = targets.content_features(content, tiling)
+        style_targets = targets.style_grams(size, content, tiling)
         objective = Objective(
             targets.features,
             content_targets,
@@ -187,7 +177,7 @@ class _Scales:
             targets.gram_of,
             targets.balanced(),
         )
-        return objective, content
+        return (TiledObjective(objective, tiling) if tiling else objective), content
 
     def optimise_scale(self, size, previous: torch.Tensor | None) -> torch.Tensor:
         w, h = size
@@ -198,34 +188,71 @@ class _Scales:
             x = F.interpolate(previous, size=(h, w), mode="bicubic", align_corners=False)
             x = x.clamp(0, 1)
         best = _Best(x)
-        records: list[tuple[int, float, torch.Tensor]] = []
-        iterations = self.params.iterations
-        steps = self.optimizer(x, self.params)
+        stepper = self.optimizer(x, self.params)
+        stopping = Stopping([pair.params for pair in self.targets.pairs])
+        offset = list(self.evaluations)
+        rows = list(range(len(self.targets.pairs)))  # the pairs still optimising, in order
+        # (evaluation, seconds, losses (4, rows), the pairs to record, the rows then)
+        records: list[tuple[int, float, torch.Tensor, list[int], list[int]]] = []
+        iterations, every = self.params.iterations, self.params.history_every
         for k in range(1, iterations + 1):
-            point, finish = next(steps)
-            total, parts = objective(point)
-            total.sum().backward()
-            finish(total.detach(), point.grad)
-            best.update(point.detach(), total.detach(), parts.detach())
-            if k % self.params.history_every == 0 or k == iterations:
-                row = torch.cat([total.detach().unsqueeze(0), parts.detach()])
-                records.append((self.evals_done + k, time.perf_counter() - self.started, row))
-                if self.progress:
-                    self.progress(self.evals_done + k, self.total_evals, _rows(row.cpu()))
-        self.evals_done += iterations
-        self._keep_history(records, size)
+            point = stepper.ask()
+            total, parts, grad = objective.evaluate(point)
+            stepper.tell(total, grad)
+            best.update(rows, point.detach(), total, parts)
+            leaving = _leaving(stepper, stopping, rows, total)
+            on_cadence = k % every == 0 or k == iterations
+            if on_cadence or leaving:
+                row = torch.cat([total.unsqueeze(0), parts])  # (4, rows)
+                seconds = time.perf_counter() - self.started
+                records.append((k, seconds, row, rows if on_cadence else leaving, rows))
+                if on_cadence and self.progress:
+                    self._report(self.budget_done + k, row, rows)
+            if leaving:
+                for b in leaving:
+                    self.evaluations[b] = offset[b] + k
+                kept = [j for j, b in enumerate(rows) if b not in leaving]
+                rows = [rows[j] for j in kept]
+                if not rows:
+                    break
+                # Pairs that stopped leave the batch: the rest run on a smaller one.
+                stepper.keep(kept)
+                objective = objective.keep(kept)
+        for b in rows:
+            self.evaluations[b] = offset[b] + iterations
+        self.budget_done += iterations
+        self._keep_history(records, size, offset)
         self.final = _rows(torch.cat([best.total.unsqueeze(0), best.parts]).cpu())
         return best.x.clamp(0, 1)
 
-    def _keep_history(self, records, size) -> None:
+    def _report(self, done: int, row: torch.Tensor, rows: list[int]) -> None:
+        for b, losses in zip(rows, _rows(row.cpu()), strict=True):
+            self.latest[b] = losses
+        self.progress(done, self.total_evals, list(self.latest))
+
+    def _keep_history(self, records, size, offset: list[int]) -> None:
         if not records:
             return
-        values = torch.stack([row for _, _, row in records]).cpu()  # (R, 4, B): one sync
-        for r, (evaluation, seconds, _) in enumerate(records):
-            for b in range(len(self.targets.pairs)):
-                entry = {"evaluation": evaluation, "scale": max(size), "seconds": round(seconds, 4)}
-                entry.update(zip(LOSS_NAMES, values[r, :, b].tolist(), strict=True))
+        flat = torch.cat([row.flatten() for _, _, row, _, _ in records]).cpu()  # one sync
+        start = 0
+        for k, seconds, row, recorded, rows in records:
+            values = flat[start : start + row.numel()].view(row.shape)
+            start += row.numel()
+            for b in recorded:
+                entry = {"evaluation": offset[b] + k, "scale": max(size)}
+                entry["seconds"] = round(seconds, 4)
+                entry.update(zip(LOSS_NAMES, values[:, rows.index(b)].tolist(), strict=True))
                 self.history[b].append(entry)
+
+
+def _leaving(stepper: Stepper, stopping: Stopping, rows: list[int], total: torch.Tensor):
+    """The pairs of `rows` that stop after this evaluation: their optimiser has converged,
+    or their stopping rule says so."""
+    leaving = [b for b, done in zip(rows, stepper.converged(), strict=True) if done]
+    if stopping.enabled:
+        stopped = stopping.update(rows, total.tolist())
+        leaving += [b for b in stopped if b not in leaving]
+    return sorted(leaving)
 
 
 class _Best:
@@ -236,11 +263,18 @@ class _Best:
         self.total = torch.full((x.shape[0],), float("inf"), device=x.device)
         self.parts = torch.zeros(3, x.shape[0], device=x.device)
 
-    def update(self, x: torch.Tensor, total: torch.Tensor, parts: torch.Tensor) -> None:
-        better = total < self.total
-        self.x = torch.where(better.view(-1, 1, 1, 1), x, self.x)
-        self.total = torch.where(better, total, self.total)
-        self.parts = torch.where(better.unsqueeze(0), parts, self.parts)
+    def update(
+        self, rows: list[int], x: torch.Tensor, total: torch.Tensor, parts: torch.Tensor
+    ) -> None:
+        """Take the evaluation of batch rows `rows` (x, total and parts hold those rows)."""
+        index = torch.tensor(rows, device=self.x.device)
+        now = self.total.index_select(0, index)
+        better = total < now
+        kept_x = self.x.index_select(0, index)
+        self.x.index_copy_(0, index, torch.where(better.view(-1, 1, 1, 1), x, kept_x))
+        self.total.index_copy_(0, index, torch.where(better, total, now))
+        kept_parts = self.parts.index_select(1, index)
+        self.parts.index_copy_(1, index, torch.where(better.unsqueeze(0), parts, kept_parts))
 
 
 def _rows(values: torch.Tensor) -> list[dict[str, float]]:

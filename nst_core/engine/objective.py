@@ -7,6 +7,7 @@ are fp32 results (losses.py: bf16 features multiply on the tensor cores).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -63,6 +64,34 @@ class Objective:
         if balanced is not None and bool(balanced.any()):
             self.content_scales = energies(content_targets, balanced)
             self.style_scales = energies(style_targets, balanced)
+
+    def keep(self, rows: list[int]) -> Objective:
+        """This objective for these batch rows only, in this order."""
+        index = torch.tensor(rows, device=self.loss_weights.device)
+
+        def pick(values):
+            if values is None:
+                return None
+            return {
+                name: v.index_select(0, index) if isinstance(v, torch.Tensor) and v.dim() else v
+                for name, v in values.items()
+            }
+
+        kept = copy.copy(self)
+        kept.content_targets = pick(self.content_targets)
+        kept.style_targets = pick(self.style_targets)
+        kept.layer_weights = pick(self.layer_weights)
+        kept.content_scales = pick(self.content_scales)
+        kept.style_scales = pick(self.style_scales)
+        kept.loss_weights = self.loss_weights.index_select(0, index)
+        return kept
+
+    def evaluate(self, point: torch.Tensor):
+        """(total (B,), parts (3, B), gradient like point) at `point`."""
+        point = point.detach().requires_grad_(True)
+        total, parts = self(point)
+        total.sum().backward()
+        return total.detach(), parts.detach(), point.grad
 
     def __call__(self, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Losses are taken at the clamped image, which is what gets written: the optimiser's

@@ -90,6 +90,21 @@ def strong_wolfe(
             low = (t, f, g)
 
 
+# The host-side state kept per sample, as lists indexed by the batch row.
+_PER_SAMPLE = (
+    "head",
+    "count",
+    "f",
+    "done",
+    "_search",
+    "_search_f0",
+    "_search_gtd0",
+    "_t_low",
+    "_f_low",
+    "_t_host",
+)
+
+
 class BatchedLBFGS:
     """L-BFGS over (B, N) points, independent per sample, with strong-Wolfe line search."""
 
@@ -170,6 +185,20 @@ class BatchedLBFGS:
         if finished:
             self._accept(finished)
         self._sync_steps()
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with these samples only, in this order; the others leave the batch.
+
+        Each kept sample's state moves with it, so its path is the one it had in the batch.
+        """
+        index = torch.tensor(rows, device=self.x.device)
+        for name in ("x", "g", "d", "t", "g_low", "s_hist", "y_hist", "rho"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
+        for name in _PER_SAMPLE:
+            values = getattr(self, name)
+            setattr(self, name, [values[b] for b in rows])
+        self.batch = len(rows)
+        self._rows = torch.arange(self.batch, device=self.x.device)
 
     # -- internals -------------------------------------------------------------------------
     def _mask(self, rows: list[int]) -> torch.Tensor:

@@ -22,6 +22,10 @@ DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 STRENGTH_CURVE = (-1.0, 3.0)  # 0.1 to 1000; strength 0.5 is 10
 DEFAULT_STRENGTH = 0.5
 GATYS_STYLE_WEIGHT = 50.0  # the style weight of `loss: gatys` when none is given
+# The stopping rule (stopping.py): on the sample pairs at 256 px it saved 12-35% of the
+# evaluations with outputs the eye cannot tell from a full run (BENCHMARKS.md, "stopping").
+DEFAULT_STOP_TOLERANCE = 0.01
+DEFAULT_STOP_WINDOW = 20
 # Weight sources that name no file: the only ones an untrusted manifest may choose.
 BUILTIN_WEIGHTS = ("caffe", "torchvision")
 
@@ -33,7 +37,24 @@ class StyleParams(BaseModel):
 
     size: int = Field(512, ge=16, le=8192, description="Longest side of the output, pixels.")
     iterations: int = Field(
-        200, ge=1, le=100_000, description="Loss evaluations (forward+backward) per scale."
+        200,
+        ge=1,
+        le=100_000,
+        description="Loss evaluations (forward+backward) per scale, at most: the stopping rule "
+        "ends a scale sooner once the loss no longer moves.",
+    )
+    stop_tolerance: float = Field(
+        DEFAULT_STOP_TOLERANCE,
+        ge=0,
+        lt=1,
+        description="Stop a pair early at a scale once its best loss improved by less than this "
+        "fraction over its last stop_window evaluations there; 0 runs every iteration.",
+    )
+    stop_window: int = Field(
+        DEFAULT_STOP_WINDOW,
+        ge=1,
+        le=10_000,
+        description="Evaluations the stopping rule looks back over.",
     )
     content_layers: tuple[str, ...] = Field(
         DEFAULT_CONTENT_LAYERS, min_length=1, description="VGG19 layers whose features are kept."
@@ -90,6 +111,12 @@ class StyleParams(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     history_every: int = Field(10, ge=1, description="Record losses every N evaluations.")
+    tile: int | Literal["auto", "off"] = Field(
+        "auto",
+        description="How a scale too large for the device's memory runs: auto tiles it when "
+        "the planner finds it does not fit; a size in pixels tiles every scale larger than "
+        "that; off never tiles.",
+    )
 
     @field_validator("content_layers", "style_layers")
     @classmethod
@@ -120,6 +147,13 @@ class StyleParams(BaseModel):
         if index and base != "cuda":
             raise ValueError("only cuda takes a device index (cuda:N)")
         return device
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, tile: int | str) -> int | str:
+        if isinstance(tile, int) and not 16 <= tile <= 8192:
+            raise ValueError("a tile is 16 to 8192 pixels (or auto, or off)")
+        return tile
 
     @field_validator("scales")
     @classmethod
@@ -183,6 +217,13 @@ class StyleParams(BaseModel):
             return [f"style_weight {self.style_weight:g} was given, so strength is ignored"]
         return []
 
+    def tile_size(self, size: tuple[int, int]) -> int | None:
+        """The tile a scale of `size` (width, height) runs with, or None for untiled: a set
+        tile size applies to the scales larger than it ("auto" is set by the planner)."""
+        if isinstance(self.tile, int) and max(size) > self.tile:
+            return self.tile
+        return None
+
     def schedule(self) -> list[int]:
         """The sizes actually run, coarse to fine; always ends at `size`."""
         coarse = sorted({s for s in self.scales or () if s < self.size})
@@ -214,6 +255,7 @@ class StyleParams(BaseModel):
             self.precision,
             self.device,
             self.history_every,
+            self.tile,
         )
 
 

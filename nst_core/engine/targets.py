@@ -16,6 +16,7 @@ from nst_core.engine import images
 from nst_core.engine.layers import min_side
 from nst_core.engine.losses import blend_grams
 from nst_core.engine.params import StyleParams
+from nst_core.engine.tiling import Tiling, tiled_features, tiled_grams
 from nst_core.errors import ImageError
 
 Grams = dict[str, torch.Tensor]
@@ -129,26 +130,36 @@ class Targets:
             tensors.append(tensor)
         return torch.cat(tensors).to(self.device)
 
-    def content_features(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def content_features(
+        self, content: torch.Tensor, tiling: Tiling | None = None
+    ) -> dict[str, torch.Tensor]:
+        if tiling is not None:
+            return tiled_features(self.features, content, self.params.content_layers, tiling)
         with torch.no_grad():
             feats = self.features(content)
             return {n: feats[n].float() for n in self.params.content_layers}
 
-    def style_grams(self, size, content: torch.Tensor) -> Grams:
-        """Each pair's (blended) style Grams at `size`, stacked along the batch."""
-        per_pair = [self._pair_grams(pair, size, content[b]) for b, pair in enumerate(self.pairs)]
+    def style_grams(self, size, content: torch.Tensor, tiling: Tiling | None = None) -> Grams:
+        """Each pair's (blended) style Grams at `size`, stacked along the batch; style images
+        too large to pass whole are summed tile by tile (`tiling`)."""
+        per_pair = [
+            self._pair_grams(pair, size, content[b], tiling) for b, pair in enumerate(self.pairs)
+        ]
         layers = self.params.style_layers
         return {name: torch.cat([g[name] for g in per_pair]) for name in layers}
 
-    def _pair_grams(self, pair: Pair, size, content: torch.Tensor) -> Grams:
+    def _pair_grams(self, pair: Pair, size, content: torch.Tensor, tiling) -> Grams:
         # Colour preservation matches each style to its content, so only then does the
         # target depend on the content image.
         luma_key = pair.content_identity() if pair.params.preserve_color else None
         key = (size, pair.params.style_scale, luma_key, *self.network_key)
 
         def compute(style: Image.Image) -> Grams:
+            tensor = self._style_tensor(pair, style, size, content)
+            if tiling is not None and max(tensor.shape[-2:]) > tiling.size:
+                return tiled_grams(self.features, tensor, self.params.style_layers, tiling)
             with torch.no_grad():
-                feats = self.features(self._style_tensor(pair, style, size, content))
+                feats = self.features(tensor)
                 return {name: self.gram_of(feats[name]) for name in self.params.style_layers}
 
         grams = [

@@ -1,0 +1,244 @@
+"""The objective of a whole image evaluated tile by tile, so that no network pass ever sees
+more than one tile and its halo: outputs larger than the device's memory.
+
+The style loss depends on the image only through each layer's Gram matrix, and a Gram is a
+sum over positions: G = sum over tiles of F_t F_t^T / (C H W). So one evaluation is two
+passes over the tiles:
+
+1. without gradient: each tile (with its halo of context) through the network, its features
+   cropped to the tile's own positions at each layer's stride, every layer's Gram and the
+   content error summed; then the loss, and dL/dG, are known for the whole image;
+2. with gradient: each tile again, backpropagating sum_l <dL/dG_l, G_l,tile> plus its
+   content error from its own positions back to the tile-plus-halo input, and *adding* that
+   into the image's gradient (a border pixel also feeds its neighbours' features).
+
+Tile origins are multiples of the network's stride at the deepest layer used, so feature
+crops fall on whole positions. A halo of at least `layers.reach()` makes every feature the
+untiled one, so the loss and gradient are the untiled objective's (to float rounding); a
+smaller halo approximates it near tile borders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from nst_core.engine.layers import min_side, pools_through, reach
+from nst_core.engine.losses import style_loss, tv_loss
+from nst_core.engine.objective import Features, Objective, clamp_straight_through
+
+
+@dataclass(frozen=True)
+class Tile:
+    own: tuple[int, int, int, int]  # y0, y1, x0, x1: the pixels this tile answers for
+    crop: tuple[int, int, int, int]  # the tile and its halo, clipped to the image
+
+    def pixels(self, image: torch.Tensor) -> torch.Tensor:
+        y0, y1, x0, x1 = self.crop
+        return image[:, :, y0:y1, x0:x1]
+
+    def own_features(self, features: torch.Tensor, stride: int, height: int, width: int):
+        """This tile's own positions of a feature map computed from its crop.
+
+        Position i at stride s covers pixels [i*s, (i+1)*s); a map of an image of H pixels
+        has H // s rows (VGG pools round down), so own rows [y0 // s, y1 // s) partition
+        the whole image's map across tiles, the last tile taking the rounded-down end.
+        """
+        y0, y1, x0, x1 = self.own
+        cy0, _, cx0, _ = self.crop
+        top = (y1 if y1 < height else height) // stride
+        right = (x1 if x1 < width else width) // stride
+        rows = slice(y0 // stride - cy0 // stride, top - cy0 // stride)
+        cols = slice(x0 // stride - cx0 // stride, right - cx0 // stride)
+        return features[:, :, rows, cols]
+
+    def own_region(self, stride: int, height: int, width: int) -> tuple[slice, slice]:
+        """The same positions in the whole image's feature map."""
+        y0, y1, x0, x1 = self.own
+        return slice(y0 // stride, y1 // stride), slice(x0 // stride, x1 // stride)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Square tiles of `size` pixels (a multiple of `align`) with `halo` pixels of context."""
+
+    size: int
+    halo: int
+    align: int
+
+    @classmethod
+    def for_layers(cls, size: int, layers, halo: int | None = None) -> Tiling:
+        """Tiles for a network cut at `layers`: aligned to its deepest stride, and with a halo
+        of its reach (exact) unless one is given; `size` is rounded up to the alignment."""
+        align = min_side(layers)
+        size = max(align, math.ceil(size / align) * align)
+        if halo is None:
+            halo = reach(layers)
+        return cls(size=size, halo=math.ceil(halo / align) * align, align=align)
+
+    def tiles(self, height: int, width: int) -> list[Tile]:
+        tiles = []
+        for y0 in range(0, height, self.size):
+            for x0 in range(0, width, self.size):
+                y1, x1 = min(y0 + self.size, height), min(x0 + self.size, width)
+                crop = (
+                    max(0, y0 - self.halo),
+                    min(height, y1 + self.halo),
+                    max(0, x0 - self.halo),
+                    min(width, x1 + self.halo),
+                )
+                tiles.append(Tile((y0, y1, x0, x1), crop))
+        return tiles
+
+    def describe(self, height: int, width: int) -> dict:
+        """How a scale ran, for the record."""
+        return {"tile": self.size, "halo": self.halo, "tiles": len(self.tiles(height, width))}
+
+
+def tiled_features(
+    features: Features, image: torch.Tensor, layers, tiling: Tiling
+) -> dict[str, torch.Tensor]:
+    """The whole image's feature maps at `layers` (fp32), assembled tile by tile."""
+    height, width = image.shape[-2:]
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for tile in tiling.tiles(height, width):
+            feats = features(tile.pixels(image))
+            for name in layers:
+                stride = 2 ** pools_through(name)
+                own = tile.own_features(feats[name], stride, height, width).float()
+                if name not in out:
+                    b, c = own.shape[:2]
+                    shape = (b, c, height // stride, width // stride)
+                    out[name] = torch.zeros(shape, device=own.device)
+                rows, cols = tile.own_region(stride, height, width)
+                out[name][:, :, rows, cols] = own
+    return out
+
+
+def tiled_grams(
+    features: Features, image: torch.Tensor, layers, tiling: Tiling
+) -> dict[str, torch.Tensor]:
+    """Each layer's Gram F F^T / (C H W) of the whole image, summed tile by tile (fp32)."""
+    sums, positions = _gram_sums(features, image, layers, tiling)
+    return {name: sums[name] / (sums[name].shape[1] * positions[name]) for name in layers}
+
+
+def _gram_sums(features: Features, image: torch.Tensor, layers, tiling: Tiling):
+    height, width = image.shape[-2:]
+    sums: dict[str, torch.Tensor] = {}
+    positions = {
+        n: (height // 2 ** pools_through(n)) * (width // 2 ** pools_through(n)) for n in layers
+    }
+    with torch.no_grad():
+        for tile in tiling.tiles(height, width):
+            feats = features(tile.pixels(image))
+            for name in layers:
+                rows = _rows(tile, feats[name], name, height, width)
+                gram = torch.bmm(rows.transpose(1, 2), rows)
+                sums[name] = sums[name] + gram if name in sums else gram
+    return sums, positions
+
+
+def _rows(tile: Tile, features: torch.Tensor, name: str, height: int, width: int):
+    """A tile's own features at layer `name` as (B, positions, C) fp32 rows."""
+    own = tile.own_features(features, 2 ** pools_through(name), height, width).float()
+    return own.flatten(2).transpose(1, 2)
+
+
+class TiledObjective:
+    """Objective's loss and gradient for a whole batch image, evaluated tile by tile.
+
+    Its targets are Objective's: content features as whole-image maps (tiled_features) and
+    style Grams. Grams are computed in fp32 from the (possibly bf16) features.
+    """
+
+    def __init__(self, objective: Objective, tiling: Tiling) -> None:
+        self.objective = objective
+        self.tiling = tiling
+
+    def keep(self, rows: list[int]) -> TiledObjective:
+        return TiledObjective(self.objective.keep(rows), self.tiling)
+
+    def evaluate(self, point: torch.Tensor):
+        """(total (B,), parts (3, B), gradient like point) at `point`."""
+        o = self.objective
+        point = point.detach()
+        height, width = point.shape[-2:]
+        tiles = self.tiling.tiles(height, width)
+        style_layers, content_layers = list(o.style_targets), list(o.content_targets)
+        positions = {
+            name: _positions(name, height, width) for name in style_layers + content_layers
+        }
+
+        # Pass 1: the whole image's Grams and content error, no gradient.
+        sums = {}
+        content_error = torch.zeros(point.shape[0], device=point.device)
+        with torch.no_grad():
+            for tile in tiles:
+                feats = o.features(tile.pixels(point).clamp(0, 1))
+                for name in style_layers:
+                    rows = _rows(tile, feats[name], name, height, width)
+                    gram = torch.bmm(rows.transpose(1, 2), rows)
+                    sums[name] = sums[name] + gram if name in sums else gram
+                content_error += self._content_error(tile, feats, height, width, positions)
+
+        # The loss as a function of the Grams: dL/dG for the second pass.
+        grams = {
+            name: (sums[name] / (sums[name].shape[1] * positions[name])).requires_grad_(True)
+            for name in style_layers
+        }
+        style = style_loss(grams, o.style_targets, o.layer_weights, _same, o.style_scales)
+        weights = o.loss_weights  # (B, 3): content, style, tv
+        (weights[:, 1] * style).sum().backward()
+        d_grams = {name: grams[name].grad for name in style_layers}
+
+        image = point.clone().requires_grad_(True)
+        tv = tv_loss(clamp_straight_through(image))
+        (weights[:, 2] * tv).sum().backward()
+        gradient = image.grad
+
+        # Pass 2: each tile's share of the gradient, added into the whole image's.
+        for tile in tiles:
+            crop = tile.pixels(point).clone().requires_grad_(True)
+            feats = o.features(clamp_straight_through(crop))
+            surrogate = (
+                weights[:, 0] * self._content_error(tile, feats, height, width, positions)
+            ).sum()
+            for name in style_layers:
+                rows = _rows(tile, feats[name], name, height, width)
+                gram = torch.bmm(rows.transpose(1, 2), rows) / (rows.shape[2] * positions[name])
+                surrogate = surrogate + (d_grams[name] * gram).sum()
+            surrogate.backward()
+            y0, y1, x0, x1 = tile.crop
+            gradient[:, :, y0:y1, x0:x1] += crop.grad
+
+        parts = torch.stack([content_error, style.detach(), tv.detach()])
+        total = (weights.T * parts).sum(dim=0)
+        return total, parts, gradient
+
+    def _content_error(self, tile: Tile, feats, height: int, width: int, positions):
+        """This tile's share of the content loss: its own squared error over the whole
+        image's positions, per sample (mean over content layers, as Objective)."""
+        o = self.objective
+        error = 0
+        for name, target in o.content_targets.items():
+            stride = 2 ** pools_through(name)
+            own = tile.own_features(feats[name], stride, height, width).float()
+            rows, cols = tile.own_region(stride, height, width)
+            squared = (own - target[:, :, rows, cols]).square().sum(dim=(1, 2, 3))
+            scale = o.content_scales[name] if o.content_scales is not None else 1
+            error = error + squared / (target.shape[1] * positions[name]) / scale
+        return error / len(o.content_targets)
+
+
+def _positions(name: str, height: int, width: int) -> int:
+    """Feature positions of a whole image at layer `name` (VGG pools round down)."""
+    stride = 2 ** pools_through(name)
+    return (height // stride) * (width // stride)
+
+
+def _same(grams: torch.Tensor) -> torch.Tensor:
+    return grams
