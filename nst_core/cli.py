@@ -120,7 +120,10 @@ def stylize(
     ),
     seed: str | None = typer.Option(None, metavar="N", help=f"Random seed [{_default('seed')}]."),
     scales: str | None = typer.Option(
-        None, metavar="S,..", help="Coarse-to-fine sizes run before --size, e.g. 256,512."
+        None,
+        metavar="S,..",
+        help="Coarse-to-fine sizes run before --size, e.g. 256,512; auto: from 512 px up "
+        "by doubling.",
     ),
     style_scale: str | None = typer.Option(
         None,
@@ -145,7 +148,7 @@ def stylize(
 
     # Every option named like a StyleParams field is that field; lists come comma-separated.
     given = {k: v for k, v in locals().items() if k in StyleParams.model_fields}
-    given |= {k: _split(given[k]) for k in LIST_OPTIONS}
+    given |= {k: _split(given[k]) for k in LIST_OPTIONS if given[k] != "auto"}
     given["preserve_color"] = preserve_color or None
     params = parse_params({k: v for k, v in given.items() if v is not None}, label=_option_label)
     blend = _parse_blend(style_weights, len(styles))

@@ -43,6 +43,18 @@ def test_stylize_writes_the_image_and_its_record(image_files, tmp_path, capsys):
     }
 
 
+def test_the_stopping_rule_and_auto_scales_are_options(image_files, tmp_path, capsys):
+    content, style = image_files
+    out = tmp_path / "result.png"
+    extra = ["--scales", "auto", "--stop-tolerance", "0", "--stop-window", "5"]
+    code, _, err = run_cli(["stylize", content, style, "-o", out, *FAST, *extra], capsys)
+    assert code == 0, err
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["params"]["scales"] == "auto"  # below 512 px: the size alone
+    assert record["params"]["stop_tolerance"] == 0 and record["params"]["stop_window"] == 5
+    assert record["evaluations"] == 8 == record["losses"]["history"][-1]["evaluation"]
+
+
 def test_several_styles_blend_with_their_weights(image_files, tmp_path, capsys):
     content, style = image_files
     other = tmp_path / "other.png"

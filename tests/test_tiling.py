@@ -141,3 +141,9 @@ def test_a_batch_job_that_does_not_fit_whole_runs_in_tiles_and_its_record_says_s
     (record,) = job_records(str(tmp_path)).values()
     assert record["status"] == "completed" and record["params"]["tile"] == 32
     assert record["tiling"] == [{"scale": 96, "tile": 32, "halo": 16, "tiles": 9}]
+
+
+def test_auto_scales_double_from_512_px_up_to_size():
+    assert StyleParams(size=4096, scales="auto").schedule() == [512, 1024, 2048, 4096]
+    assert StyleParams(size=1500, scales="auto").schedule() == [512, 1024, 1500]
+    assert StyleParams(size=400, scales="auto").schedule() == [400]

@@ -26,6 +26,9 @@ GATYS_STYLE_WEIGHT = 50.0  # the style weight of `loss: gatys` when none is give
 # evaluations with outputs the eye cannot tell from a full run (BENCHMARKS.md, "stopping").
 DEFAULT_STOP_TOLERANCE = 0.01
 DEFAULT_STOP_WINDOW = 20
+# `scales: auto` starts here and doubles up to `size`: strokes keep a painting's size on large
+# outputs instead of turning into fine texture (README, "Large outputs: tiles").
+AUTO_SCALES_FROM = 512
 # Weight sources that name no file: the only ones an untrusted manifest may choose.
 BUILTIN_WEIGHTS = ("caffe", "torchvision")
 
@@ -93,10 +96,10 @@ class StyleParams(BaseModel):
     )
     init: Literal["content", "noise", "style"] = "content"
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds noise init; same seed, same run.")
-    scales: tuple[int, ...] | None = Field(
+    scales: tuple[int, ...] | Literal["auto"] | None = Field(
         None,
         description="Coarse-to-fine sizes run before `size` (smaller ones first; `size` is "
-        "always the last scale).",
+        "always the last scale); auto: from 512 px up by doubling, for large outputs.",
     )
     preserve_color: bool = Field(
         False, description="Transfer luminance only; keep content colours."
@@ -157,7 +160,9 @@ class StyleParams(BaseModel):
 
     @field_validator("scales")
     @classmethod
-    def _scales(cls, scales: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    def _scales(cls, scales: tuple[int, ...] | str | None) -> tuple[int, ...] | str | None:
+        if scales == "auto":
+            return scales
         if scales is not None and any(s < 16 for s in scales):
             raise ValueError("every scale must be at least 16 px")
         limit = Limits.current().max_scales
@@ -174,7 +179,7 @@ class StyleParams(BaseModel):
                 f"style_layer_weights has {len(self.style_layer_weights)} entries "
                 f"but style_layers has {len(self.style_layers)}"
             )
-        if self.scales is not None and max(self.scales) > self.size:
+        if isinstance(self.scales, tuple) and max(self.scales) > self.size:
             raise ValueError(f"scales must not exceed size ({self.size}), got {max(self.scales)}")
         self._within(Limits.current())
         return self
@@ -226,6 +231,9 @@ class StyleParams(BaseModel):
 
     def schedule(self) -> list[int]:
         """The sizes actually run, coarse to fine; always ends at `size`."""
+        if self.scales == "auto":
+            coarse = [AUTO_SCALES_FROM * 2**k for k in range(12)]
+            return [s for s in coarse if s < self.size] + [self.size]
         coarse = sorted({s for s in self.scales or () if s < self.size})
         return [*coarse, self.size]
 
