@@ -39,22 +39,20 @@ class Tile:
         y0, y1, x0, x1 = self.crop
         return image[:, :, y0:y1, x0:x1]
 
-    def own_features(self, features: torch.Tensor, stride: int, height: int, width: int):
+    def own_features(self, features: torch.Tensor, stride: int) -> torch.Tensor:
         """This tile's own positions of a feature map computed from its crop.
 
         Position i at stride s covers pixels [i*s, (i+1)*s); a map of an image of H pixels
         has H // s rows (VGG pools round down), so own rows [y0 // s, y1 // s) partition
         the whole image's map across tiles, the last tile taking the rounded-down end.
         """
-        y0, y1, x0, x1 = self.own
-        cy0, _, cx0, _ = self.crop
-        top = (y1 if y1 < height else height) // stride
-        right = (x1 if x1 < width else width) // stride
-        rows = slice(y0 // stride - cy0 // stride, top - cy0 // stride)
-        cols = slice(x0 // stride - cx0 // stride, right - cx0 // stride)
-        return features[:, :, rows, cols]
+        rows, cols = self.own_region(stride)
+        top, left = self.crop[0] // stride, self.crop[2] // stride
+        return features[
+            :, :, rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
+        ]
 
-    def own_region(self, stride: int, height: int, width: int) -> tuple[slice, slice]:
+    def own_region(self, stride: int) -> tuple[slice, slice]:
         """The same positions in the whole image's feature map."""
         y0, y1, x0, x1 = self.own
         return slice(y0 // stride, y1 // stride), slice(x0 // stride, x1 // stride)
@@ -108,12 +106,12 @@ def tiled_features(
             feats = features(tile.pixels(image))
             for name in layers:
                 stride = 2 ** pools_through(name)
-                own = tile.own_features(feats[name], stride, height, width).float()
+                own = tile.own_features(feats[name], stride).float()
                 if name not in out:
                     b, c = own.shape[:2]
                     shape = (b, c, height // stride, width // stride)
                     out[name] = torch.zeros(shape, device=own.device)
-                rows, cols = tile.own_region(stride, height, width)
+                rows, cols = tile.own_region(stride)
                 out[name][:, :, rows, cols] = own
     return out
 
@@ -136,15 +134,15 @@ def _gram_sums(features: Features, image: torch.Tensor, layers, tiling: Tiling):
         for tile in tiling.tiles(height, width):
             feats = features(tile.pixels(image))
             for name in layers:
-                rows = _rows(tile, feats[name], name, height, width)
+                rows = _rows(tile, feats[name], name)
                 gram = torch.bmm(rows.transpose(1, 2), rows)
                 sums[name] = sums[name] + gram if name in sums else gram
     return sums, positions
 
 
-def _rows(tile: Tile, features: torch.Tensor, name: str, height: int, width: int):
+def _rows(tile: Tile, features: torch.Tensor, name: str):
     """A tile's own features at layer `name` as (B, positions, C) fp32 rows."""
-    own = tile.own_features(features, 2 ** pools_through(name), height, width).float()
+    own = tile.own_features(features, 2 ** pools_through(name)).float()
     return own.flatten(2).transpose(1, 2)
 
 
@@ -180,10 +178,10 @@ class TiledObjective:
             for tile in tiles:
                 feats = o.features(tile.pixels(point).clamp(0, 1))
                 for name in style_layers:
-                    rows = _rows(tile, feats[name], name, height, width)
+                    rows = _rows(tile, feats[name], name)
                     gram = torch.bmm(rows.transpose(1, 2), rows)
                     sums[name] = sums[name] + gram if name in sums else gram
-                content_error += self._content_error(tile, feats, height, width, positions)
+                content_error += self._content_error(tile, feats, positions)
 
         # The loss as a function of the Grams: dL/dG for the second pass.
         grams = {
@@ -204,11 +202,9 @@ class TiledObjective:
         for tile in tiles:
             crop = tile.pixels(point).clone().requires_grad_(True)
             feats = o.features(clamp_straight_through(crop))
-            surrogate = (
-                weights[:, 0] * self._content_error(tile, feats, height, width, positions)
-            ).sum()
+            surrogate = (weights[:, 0] * self._content_error(tile, feats, positions)).sum()
             for name in style_layers:
-                rows = _rows(tile, feats[name], name, height, width)
+                rows = _rows(tile, feats[name], name)
                 gram = torch.bmm(rows.transpose(1, 2), rows) / (rows.shape[2] * positions[name])
                 surrogate = surrogate + (d_grams[name] * gram).sum()
             surrogate.backward()
@@ -219,15 +215,15 @@ class TiledObjective:
         total = (weights.T * parts).sum(dim=0)
         return total, parts, gradient
 
-    def _content_error(self, tile: Tile, feats, height: int, width: int, positions):
+    def _content_error(self, tile: Tile, feats, positions: dict[str, int]):
         """This tile's share of the content loss: its own squared error over the whole
         image's positions, per sample (mean over content layers, as Objective)."""
         o = self.objective
         error = 0
         for name, target in o.content_targets.items():
             stride = 2 ** pools_through(name)
-            own = tile.own_features(feats[name], stride, height, width).float()
-            rows, cols = tile.own_region(stride, height, width)
+            own = tile.own_features(feats[name], stride).float()
+            rows, cols = tile.own_region(stride)
             squared = (own - target[:, :, rows, cols]).square().sum(dim=(1, 2, 3))
             scale = o.content_scales[name] if o.content_scales is not None else 1
             error = error + squared / (target.shape[1] * positions[name]) / scale
