@@ -29,7 +29,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/nst demo
 
+# The gallery tests drive Debian's Chromium through Playwright (never `playwright install`:
+# it downloads a browser build). Installed here when missing; CI runs as root.
+CHROMIUM ?= /usr/bin/chromium
+
 test: $(VENV)/.installed-test
+	@test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

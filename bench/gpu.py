@@ -22,6 +22,8 @@ most important first; each is skipped once NST_GPU_BENCH_BUDGET_S would not hold
   input shape (so each VGG layer's convolution, forward and input gradient, is its own
   row), and totals for convolutions, their gradients, ReLU/pooling, casts, Grams, losses
   and L-BFGS;
+- tiled_large: a 2048 px job, and 4096 px when the time allows, planned in tiles under an
+  8 GB budget: tiles, seconds per evaluation, peak memory against the planner's prediction;
 - cuda_graphs: the network's forward and backward captured as CUDA graphs for the unit's
   fixed shape (CUDA only);
 - batch_sweep, network_only, torch_compile: batches 1-128; the bare network in each
@@ -55,7 +57,8 @@ from bench.baseline import EVALUATIONS, TUTORIAL_SETTINGS, run_baseline
 from bench.common import Evaluator, inputs, tensors
 from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
-from nst_core.batch.units import estimate_bytes
+from nst_core.batch.jobs import Job
+from nst_core.batch.units import estimate_bytes, job_bytes, split_unfit, unfit_reason
 from nst_core.engine import images
 from nst_core.engine.loop import network_for, network_layers, stylize_batch
 from nst_core.engine.losses import gram
@@ -65,6 +68,9 @@ from nst_core.engine.targets import Pair
 from nst_core.engine.vgg import load_vgg
 
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
+# The poster section's budget: a consumer card's memory, so 2048 and 4096 px run tiled.
+TILED_BUDGET_GB = 8.0
+TILED_ITERATIONS = 10
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets; sparsity excluded).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -403,6 +409,55 @@ class Bench:
             out[precision] = row
         return out
 
+    def tiled_large(self) -> dict:
+        """Posters: a 2048 px job, then 4096 px while the time budget holds, planned by the
+        flow's planner under TILED_BUDGET_GB (a consumer card's memory, so they run tiled),
+        TILED_ITERATIONS evaluations each: tiling, seconds per evaluation, measured peak
+        against the planner's prediction. A dry run plans toy sizes under a toy budget."""
+        # 192 px is the least that a toy budget makes tile (in 32 px tiles, halo 64).
+        sizes = (192,) if self.dry else (2048, 4096)
+        budget = int((0.155 if self.dry else TILED_BUDGET_GB) * 2**30)
+        out = {"budget_gb": budget / 2**30}
+        for size in sizes:
+            took = out.get(str(sizes[0]), {}).get("s")
+            if took is not None and self.elapsed() + 5 * took > self.budget_s:
+                out[str(size)] = {"skipped": f"time budget: {size} px needs ~{5 * took:.0f} s"}
+                continue
+            out[str(size)] = self._tiled_job(size, budget)
+        return out
+
+    def _tiled_job(self, size: int, budget: int) -> dict:
+        params = StyleParams(
+            size=size,
+            device=self.device,
+            iterations=2 if self.dry else TILED_ITERATIONS,
+            stop_tolerance=0,
+            precision="bf16" if self.cuda else "fp32",
+        )
+        width, height = images.fit_size(*self.content.size, size)
+        job = Job("c", "0" * 64, (("s", 1.0),), ("1" * 64,), params, "k", "o", "r", (width, height))
+        fitting, unfit = split_unfit([job], budget, host_history=self.cuda)
+        if unfit:
+            return {"skipped": unfit_reason(job, unfit[0][1], budget)}
+        planned = fitting[0].params
+        pair = Pair(self.content, [self.style], planned)
+        stylize_batch(
+            [Pair(self.content, [self.style], planned.model_copy(update={"iterations": 1}))]
+        )
+        base = self.reset_peak()
+        times, (results,) = self.timed(lambda: stylize_batch([pair]), 1)
+        return {
+            "output": [width, height],
+            "tiling": results[0].tiling,
+            "lbfgs_history_on": planned.lbfgs_history_on,
+            "evaluations": results[0].evaluations,
+            "s": times[0],
+            "s_per_evaluation": times[0] / results[0].evaluations,
+            "peak_mb": self.peak_mb(base),
+            "predicted_mb": job_bytes(fitting[0]) / 2**20,
+            "untiled_predicted_mb": estimate_bytes(width, height, params) / 2**20,
+        }
+
     def batch_sweep(self) -> dict:
         sizes = (1, 2) if self.dry else (1, 4, 16, 32, 64, 128)
         return {f"batch_{b}": self.engine_rate(b, self.lever_iterations) for b in sizes}
@@ -661,6 +716,7 @@ class Bench:
             ("memory_model", 60, self.memory_model),
             ("look", 60, self.look),
             ("profile", 20, self.profile),
+            ("tiled_large", 60, self.tiled_large),
             ("cuda_graphs", 30, self.cuda_graphs),
             ("batch_sweep", 40, self.batch_sweep),
             ("network_only", 20, self.network_only),

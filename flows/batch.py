@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from flows import shards as sharding
 from flows.execute import BATCH_TIMEOUT_S, run_units
 from flows.runners import placement, task_runner_name
-from nst_core.batch import records, report, runner, storage, units
+from nst_core.batch import gallery, records, report, runner, storage, units
 from nst_core.batch.jobs import Job, build_jobs
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import Plan, load_plan
@@ -72,7 +72,8 @@ def _find_work(plan: Plan, only_jobs, force: bool, shards: int, done_after) -> _
     job_device = pending[0].params.device if pending else "cpu"
     device_list = devices_for(job_device)
     budget = units.memory_budget_bytes(device_list[0])
-    fitting, unfit = units.split_unfit(pending, budget)
+    host_history = device_list[0].startswith("cuda")  # the host is the CPU's device
+    fitting, unfit = units.split_unfit(pending, budget, host_history=host_history)
     work = units.plan_units(fitting, budget)
     shard_lists = sharding.split(work, shards) if shards > 1 else []
     return _Work(
@@ -225,9 +226,10 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
     if shard_name:  # one summary per batch: the parent writes it
         where = f"the parent's summary ({shard_name.rsplit('-shard-', 1)[0]})"
     else:
-        _publish_artifacts(summary)  # first: they need no storage, which may be what broke
+        layout = RunLayout(plan.output)
+        _publish_artifacts(summary, layout)  # first: they need no storage, which may have broken
         try:
-            summary.run_folder = _write_results(RunLayout(plan.output), summary)
+            summary.run_folder = _write_results(layout, summary)
             where = f"{summary.run_folder}/summary.json"
         except storage.StorageError as exc:
             unwritten = exc
@@ -243,14 +245,22 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
 def _write_results(layout: RunLayout, summary: Summary) -> str:
     run = summary.run
     storage.write_bytes(layout.summary(run), summary.to_json())
-    storage.write_bytes(layout.report(run), report.markdown_report(summary).encode())
+    storage.write_bytes(layout.report(run), report.markdown_report(summary, layout).encode())
     storage.write_bytes(layout.contact_sheet(run), report.contact_sheet(summary.jobs))
     histories = [(e.label, e.history) for e in summary.jobs if e.history]
     storage.write_bytes(layout.loss_plot(run), report.loss_plot(histories))
+    try:
+        gallery.write_gallery(layout, summary)
+    except storage.StorageError:
+        raise  # as for the files above: the run says the results could not be written
+    except Exception:
+        # The page is a view of what is written; a fault in drawing it must not fail a batch
+        # whose every output and record is there. `nst gallery` can write it again.
+        get_run_logger().exception("the gallery page of %s could not be written", run)
     return layout.run_folder(run)
 
 
-def _publish_artifacts(summary: Summary) -> None:
+def _publish_artifacts(summary: Summary, layout: RunLayout) -> None:
     rows = [
         {
             "job": e.label,
@@ -263,4 +273,4 @@ def _publish_artifacts(summary: Summary) -> None:
         for e in summary.jobs
     ]
     create_table_artifact(rows, key="stylize-batch-jobs", description=summary.run)
-    create_markdown_artifact(report.markdown_report(summary), key="stylize-batch-report")
+    create_markdown_artifact(report.markdown_report(summary, layout), key="stylize-batch-report")

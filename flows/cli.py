@@ -116,6 +116,7 @@ def _finished_text(summary: Summary, output: str) -> str:
         f"{totals.line()} in {totals.wall_seconds:.1f} s"
         f"\nsummary:       {layout.summary(summary.run)}"
         f"\ncontact sheet: {layout.contact_sheet(summary.run)}"
+        f"\ngallery:       {layout.gallery(summary.run)}"
     )
 
 

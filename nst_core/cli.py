@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from nst_core.cli_gallery import gallery
 from nst_core.errors import NstError, ParamsError
 
 app = typer.Typer(
@@ -122,8 +123,8 @@ def stylize(
     scales: str | None = typer.Option(
         None,
         metavar="S,..",
-        help="Coarse-to-fine sizes run before --size, e.g. 256,512; auto: from 512 px up "
-        "by doubling.",
+        help="Coarse-to-fine sizes run before --size, e.g. 256,512; '' for --size alone "
+        "[auto: from 512 px up by doubling].",
     ),
     style_scale: str | None = typer.Option(
         None,
@@ -143,7 +144,7 @@ def stylize(
     ),
 ) -> None:
     """Stylise CONTENT with one or more STYLES and write OUT plus OUT's .json record."""
-    from nst_core.cli_stylize import check_output, one_job, stylize_file
+    from nst_core.cli_stylize import check_output, fit_memory, one_job, stylize_file
     from nst_core.engine.params import StyleParams, parse_params
 
     # Every option named like a StyleParams field is that field; lists come comma-separated.
@@ -153,7 +154,7 @@ def stylize(
     params = parse_params({k: v for k, v in given.items() if v is not None}, label=_option_label)
     blend = _parse_blend(style_weights, len(styles))
     check_output(out)
-    typer.echo(stylize_file(one_job(content, styles, blend, params, out)))
+    typer.echo(stylize_file(fit_memory(one_job(content, styles, blend, params, out))))
 
 
 def _parse_overrides(pairs: list[str] | None) -> dict:
@@ -269,6 +270,9 @@ def schema() -> None:
     from nst_core.batch.manifest import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+app.command()(gallery)
 
 
 def main() -> None:

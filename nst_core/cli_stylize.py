@@ -64,6 +64,8 @@ def one_job(
 ) -> jobs.Job:
     """The job `nst stylize` runs: its key is the batch key of the same inputs and format.
     Missing or unreadable files are refused here; undecodable ones by the runner's load."""
+    from nst_core.engine.images import probe_size
+
     content_bytes = read_input(content, "content")
     style_bytes = [read_input(path, "style") for path in styles]
     weights = blend or [1.0] * len(styles)
@@ -80,7 +82,23 @@ def one_job(
         key=jobs.job_key(content_sha, pairs, params, fmt),
         output=str(out),
         record=str(out.with_suffix(".json")),
+        content_size=probe_size(content_bytes),  # header only: the memory plan needs it
     )
+
+
+def fit_memory(job: jobs.Job) -> jobs.Job:
+    """The job as the memory budget lets it run (in tiles when it does not fit whole), as
+    a batch would plan it; ImageError before any work when it fits not even in tiles."""
+    from nst_core.batch import units
+    from nst_core.engine.devices import devices_for
+
+    device = devices_for(job.params.device)[0]
+    budget = units.memory_budget_bytes(device)
+    fitting, unfit = units.split_unfit([job], budget, host_history=device.startswith("cuda"))
+    if unfit:
+        ((_, need),) = unfit
+        raise ImageError(f"{job.content}: {units.unfit_reason(job, need, budget)}")
+    return fitting[0]
 
 
 def stylize_file(job: jobs.Job) -> str:

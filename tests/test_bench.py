@@ -50,7 +50,7 @@ def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path):
     report = json.loads(out.read_text())
     sections = ["describe", "ceilings", "grams_only", "baseline", "engine", "quality"]
     sections += ["convergence", "levers", "memory_model", "look", "profile", "batch_sweep"]
-    sections += ["network_only"]
+    sections += ["network_only", "tiled_large"]
     for name in sections:
         assert "error" not in report[name] and "skipped" not in report[name], report[name]
     # What could not run here is named, not silently left out.
@@ -58,6 +58,8 @@ def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path):
     assert report["engine"]["image_iterations_per_s"] > 0
     assert {"defaults", "equal_evaluations", "towards_equal_time"} <= set(report["look"])
     assert report["profile"]["categories_ms"]["convolution forward"] > 0
+    # The poster section planned its toy sizes in tiles under its toy budget and ran them.
+    assert report["tiled_large"]["192"]["tiling"][-1]["tiles"] > 1, report["tiled_large"]
     assert report["profile"]["top_ops"]
     assert len(report["quality"]["baseline_losses"]) == 8
     assert set(report["levers"]) >= {"default", "fp32_grams", "tf32_grams", "fp32"}

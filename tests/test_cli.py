@@ -239,3 +239,41 @@ def test_nst_core_imports_neither_prefect_nor_flows():
         if pattern.search(path.read_text())
     ]
     assert offenders == []
+
+
+SHALLOW = ["--content-layers", "relu3_1", "--style-layers", "relu1_1,relu2_1,relu3_1"]
+
+
+def test_stylize_runs_in_tiles_what_the_memory_budget_cannot_hold_whole(
+    image_files, tmp_path, capsys, monkeypatch
+):
+    from nst_core.batch import units
+    from nst_core.engine.params import StyleParams
+
+    content, style = image_files
+    params = StyleParams(
+        size=96, content_layers=("relu3_1",), style_layers=("relu1_1", "relu2_1", "relu3_1")
+    )
+    whole, tiled = units.estimate_bytes(96, 72, params), units.tiled_bytes(96, 72, params, 32)
+    assert tiled < whole
+    budget = (tiled + whole) / 2
+    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str(budget / 2**30))
+    out = tmp_path / "big.png"
+    args = ["stylize", content, style, "-o", out, "--size", "96", "--iterations", "4"]
+    code, _, err = run_cli([*args, "--device", "cpu", "--precision", "fp32", *SHALLOW], capsys)
+    assert code == 0, err
+    record = json.loads(out.with_suffix(".json").read_text())
+    tile = record["params"]["tile"]
+    assert isinstance(tile, int) and units.tiled_bytes(96, 72, params, tile) <= budget
+    assert record["tiling"][0]["tile"] == tile and record["tiling"][0]["tiles"] > 1
+
+
+def test_stylize_refuses_before_any_work_what_fits_not_even_in_tiles(
+    image_files, tmp_path, capsys, monkeypatch
+):
+    content, style = image_files
+    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", "0.01")
+    out = tmp_path / "poster.png"
+    code, _, err = run_cli(["stylize", content, style, "-o", out, *FAST], capsys)
+    assert_one_line_error(code, err, [str(content), "even alone and in tiles", "0.01 GB"])
+    assert not out.exists() and not out.with_suffix(".json").exists()

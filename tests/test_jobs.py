@@ -100,9 +100,12 @@ def test_the_stopping_rule_is_in_the_key_only_when_it_can_stop_a_pair():
     assert key(params=off.model_copy(update={"stop_window": 7})) == key(params=off)
     # Off, the key holds no trace of the rule: it is the identity of the params without it.
     fields = off.model_dump(mode="json")
-    for name in ("device", "history_every", "tile", "strength", "stop_tolerance", "stop_window"):
+    for name in ("device", "history_every", "tile", "lbfgs_history_on", "strength"):
+        fields.pop(name)
+    for name in ("stop_tolerance", "stop_window"):
         fields.pop(name)
     fields["style_weight"] = off.resolved_style_weight()
+    fields["scales"] = None  # auto, at 64 px: the size alone
     identity = {
         "engine": jobs.ENGINE_VERSION,
         "content": "c" * 64,
@@ -116,3 +119,18 @@ def test_the_stopping_rule_is_in_the_key_only_when_it_can_stop_a_pair():
 def test_tiling_is_how_a_job_runs_not_what_it_is():
     for tile in ("off", 512, 64):
         assert key(params=PARAMS.model_copy(update={"tile": tile})) == key()
+    for where in ("device", "host"):
+        assert key(params=PARAMS.model_copy(update={"lbfgs_history_on": where})) == key()
+
+
+def test_auto_scales_are_the_default_and_keep_the_keys_of_one_scale_up_to_512_px():
+    assert StyleParams().scales == "auto"
+    for size in (64, 512):
+        single = StyleParams(size=size, iterations=5, scales=None)
+        assert key(params=StyleParams(size=size, iterations=5)) == key(params=single)
+        assert key(params=single.model_copy(update={"scales": ()})) == key(params=single)
+    # Above 512 px auto runs coarse to fine: another output, another key.
+    large = StyleParams(size=1024, iterations=5)
+    assert large.schedule() == [512, 1024]
+    assert key(params=large) != key(params=large.model_copy(update={"scales": None}))
+    assert key(params=large) == key(params=large.model_copy(update={"scales": (512,)}))

@@ -7,8 +7,12 @@ def rosenbrock(x: torch.Tensor) -> torch.Tensor:
     return (100 * (x[:, 1:] - x[:, :-1] ** 2) ** 2 + (1 - x[:, :-1]) ** 2).sum(dim=1)
 
 
-def minimise(x0: torch.Tensor, evaluations: int) -> BatchedLBFGS:
-    opt = BatchedLBFGS(x0)
+def minimise(x0: torch.Tensor, evaluations: int, **options) -> BatchedLBFGS:
+    opt = BatchedLBFGS(x0, **options)
+    return go_on(opt, evaluations)
+
+
+def go_on(opt: BatchedLBFGS, evaluations: int) -> BatchedLBFGS:
     for _ in range(evaluations):
         x = opt.ask().clone().requires_grad_(True)
         f = rosenbrock(x)
@@ -78,3 +82,15 @@ def test_samples_that_leave_the_batch_change_nothing_for_those_that_stay():
     for row, b in enumerate([3, 1]):
         alone = minimise(x0[b : b + 1], 40)
         assert torch.equal(alone.x[0], opt.x[row])
+
+
+def test_a_history_kept_elsewhere_gives_the_same_path():
+    """The history on another device (the host, for a large image on a GPU) is read back
+    pair by pair; "cpu:0" is not x's "cpu", so that path runs here too."""
+    x0 = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    elsewhere = minimise(x0, 17, history_device=torch.device("cpu", 0))
+    assert elsewhere.history_device != elsewhere.x.device
+    elsewhere.keep([2, 0])
+    go_on(elsewhere, 23)
+    for row, b in enumerate([2, 0]):
+        assert torch.equal(minimise(x0[b : b + 1], 40).x[0], elsewhere.x[row])

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 # Bump when a change to the engine changes its outputs for the same inputs and params.
 # 2: the balanced loss and strength are the defaults; 3: the stopping rule is on by default.
 ENGINE_VERSION = "3"
-# Where it runs, how often it reports and whether it runs in tiles (the same objective and
-# gradient, tile by tile) do not change what a job is.
-NOT_IN_KEY = frozenset({"device", "history_every", "tile"})
+# Where it runs, how often it reports, whether it runs in tiles (the same objective and
+# gradient tile by tile, to within the halo's measured bound: engine/tiles.py) and where
+# L-BFGS keeps its history do not change what a job is.
+NOT_IN_KEY = frozenset({"device", "history_every", "tile", "lbfgs_history_on"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -65,6 +66,9 @@ def _params_identity(params: StyleParams) -> dict:
         identity.pop("stop_tolerance")
         identity.pop("stop_window")
     identity["style_weight"] = params.resolved_style_weight()
+    # The sizes that run, not how they were asked for: `auto` up to 512 px is the one scale
+    # that no `scales` gives, so keys from before `auto` became the default stay.
+    identity["scales"] = params.schedule()[:-1] or None
     return identity
 
 

@@ -4,7 +4,10 @@
 {output}/{content}--{styles}--{key8}.json    its record, written after the image
 {output}/_claims/{key}.{generation}.json     which run is computing a job (claims.py)
 {output}/_runs/{run}/summary.json            one run: summary, report.md,
-                     report.md ...           contact_sheet.jpg, losses.png
+                     report.md ...           contact_sheet.jpg, losses.png, and
+                     index.html              its gallery page (gallery.py)
+{output}/_runs/_thumbs/{digest}.{w}x{h}.jpg  gallery thumbnails, shared by every run of the
+                                             batch: a rerun makes none it already has
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass
 
 CLAIMS = "_claims"
 RUNS = "_runs"
+# Beside the run folders, not in one: named by what they show, so each is made once per
+# output (or input) across reruns. No run is named this: run names end with a date.
+THUMBS = "_thumbs"
 
 
 @dataclass(frozen=True)
@@ -49,3 +55,14 @@ class RunLayout:
 
     def loss_plot(self, run: str) -> str:
         return f"{self.run_folder(run)}/losses.png"
+
+    def gallery(self, run: str) -> str:
+        return f"{self.run_folder(run)}/index.html"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.base}/{RUNS}"
+
+    @property
+    def thumbs(self) -> str:
+        return f"{self.base}/{RUNS}/{THUMBS}"

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import math
+import shlex
 from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 from nst_core.batch import storage
+from nst_core.batch.layout import RunLayout
 from nst_core.batch.records import JobEntry, Summary
 from nst_core.engine import images
 
@@ -33,13 +35,15 @@ PALETTE = [
 ]
 
 
-def markdown_report(summary: Summary) -> str:
+def markdown_report(summary: Summary, layout: RunLayout | None = None) -> str:
+    """The run as Markdown; with the batch's `layout`, it says where the gallery page is."""
     totals = summary.totals
     lines = [
         f"# Style transfer run `{summary.run}`",
         "",
         f"Manifest: `{summary.manifest}`",
         "",
+        *([gallery_note(layout, summary.run), ""] if layout else []),
         f"**{totals.line()}** of {totals.jobs} jobs in {totals.wall_seconds:.1f} s "
         f"({totals.images_per_hour:.1f} images/hour).",
         "",
@@ -56,6 +60,17 @@ def markdown_report(summary: Summary) -> str:
             f"{_num(losses.get('content'))} | {_md(str(where))} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def gallery_note(layout: RunLayout, run: str) -> str:
+    """Where the run's gallery page is and the command that serves it. No presigned URL:
+    it would put credentials in the report and in Prefect's artifacts."""
+    folder = layout.run_folder(run)
+    opened = "" if storage.is_s3(folder) else ", or open it from disk"
+    return (
+        f"Gallery: `{layout.gallery(run)}`; browse it with "
+        f"`nst gallery {shlex.quote(folder)} --serve`{opened}."
+    )
 
 
 def _md(text: str) -> str:

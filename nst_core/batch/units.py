@@ -7,15 +7,15 @@ against measured peaks; the budget is a setting because a device is often shared
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from dataclasses import replace
 
 from nst_core.batch.jobs import Job
 from nst_core.engine.images import fit_size
-from nst_core.engine.layers import channels, min_side, pools_through, reach
+from nst_core.engine.layers import channels, pools_through
 from nst_core.engine.params import StyleParams
+from nst_core.engine.tiles import Tiling
 
 # Bytes per output pixel per pair for the network's activations and gradients, by precision.
 # fp32: fitted to peaks measured on the CPU (bench/memory.py, BENCHMARKS.md: 128-1024 px,
@@ -33,8 +33,6 @@ FIXED_BYTES = 20 * 2**20
 STYLE_FORWARD_BYTES_PER_PIXEL = 1_100
 DEFAULT_CPU_BUDGET_GB = 4.0
 MAX_BATCH = 16
-# Tile sizes tried, largest first, for a job with `tile: auto` that does not fit whole.
-TILE_SIZES = (2048, 1024, 512, 256, 128, 64, 32)
 
 
 def gram_bytes(params: StyleParams) -> int:
@@ -53,8 +51,8 @@ def estimate_bytes(
     """
     per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
     if params.optimizer == "lbfgs":
-        # s and y history, 3 fp32 values per pixel each, plus x, g, d and trial buffers.
-        per_pixel += params.lbfgs_history * 2 * 3 * 4 + 6 * 3 * 4
+        # x, g, d and trial buffers, and the history when it is on the device.
+        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params)
     optimisation = width * height * per_pixel * batch
     style_side = max(width, height) * params.style_scale  # the style's aspect is unknown here
     style_forward = int(style_side**2 * STYLE_FORWARD_BYTES_PER_PIXEL)
@@ -68,23 +66,37 @@ def tiled_bytes(
     """Peak memory of a batch at (width, height) run in tiles of `tile` pixels: the network
     sees one tile and its halo at a time, while the whole image's state stays (the image, its
     gradient and best point, L-BFGS's history, the content targets' feature maps)."""
-    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
-    align = min_side(layers)
-    tile = math.ceil(tile / align) * align
-    halo = math.ceil(reach(layers) / align) * align
-    crop = min(width, tile + 2 * halo) * min(height, tile + 2 * halo)
+    crop = tiling_for(params, tile).largest_crop(height, width)
     per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
     network = crop * per_pixel * batch
-    state_per_pixel = 3 * 3 * 4  # the point, its gradient, the best point: fp32 RGB
-    if params.optimizer == "lbfgs":
-        state_per_pixel += params.lbfgs_history * 2 * 3 * 4 + 6 * 3 * 4
-    for layer in params.content_layers:
-        state_per_pixel += channels(layer) * 4 / 4 ** pools_through(layer)
-    state = int(width * height * state_per_pixel * batch)
+    state = int(width * height * _state_bytes_per_pixel(params) * batch)
     style_side = max(width, height) * params.style_scale
     style_forward = int(min(style_side**2, crop) * STYLE_FORWARD_BYTES_PER_PIXEL)
     targets = gram_bytes(params) * styles * batch
     return FIXED_BYTES + max(network, style_forward) + state + targets
+
+
+def _state_bytes_per_pixel(params: StyleParams) -> float:
+    """What stays whole while tiles go through the network, per output pixel per pair."""
+    per_pixel = 3 * 3 * 4  # the point, its gradient, the best point: fp32 RGB
+    if params.optimizer == "lbfgs":
+        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params)
+    for layer in params.content_layers:
+        per_pixel += channels(layer) * 4 / 4 ** pools_through(layer)
+    return per_pixel
+
+
+def _history_bytes_per_pixel(params: StyleParams) -> int:
+    """L-BFGS's s and y history on the device: 3 fp32 values per pixel each, per pair."""
+    if params.optimizer != "lbfgs" or params.lbfgs_history_on == "host":
+        return 0
+    return params.lbfgs_history * 2 * 3 * 4
+
+
+def tiling_for(params: StyleParams, tile: int) -> Tiling:
+    """The tiles the engine uses for `params` at a tile size of `tile`."""
+    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
+    return Tiling.for_layers(tile, layers)
 
 
 def job_bytes(job: Job) -> int | None:
@@ -100,17 +112,32 @@ def job_bytes(job: Job) -> int | None:
 
 
 def in_tiles(job: Job, budget_bytes: int) -> Job | None:
-    """The job set to run in the largest tiles that fit `budget_bytes`, when its `tile` is
-    auto and some tile does; else None. Tiling is how, not what: the job key stays."""
+    """The job set to run in the tiles that cost least while fitting `budget_bytes`, when its
+    `tile` is auto and some tile does; else None. Tiling is how, not what: the job key stays.
+
+    A pass's cost is the pixels it sends through the network, halos included, so the choice
+    is by `network_pixels`: usually the largest tile that fits, but not when a slightly
+    smaller one splits the image into fewer tiles.
+    """
     size = output_size(job)
     if job.params.tile != "auto" or size is None:
         return None
-    for tile in TILE_SIZES:
-        if tile < max(size):
-            need = tiled_bytes(*size, job.params, tile, styles=len(job.styles))
-            if need <= budget_bytes:
-                return replace(job, params=job.params.model_copy(update={"tile": tile}))
-    return None
+    width, height = size
+    best = None
+    for tile in _tile_sizes(job.params, max(size)):
+        if tiled_bytes(width, height, job.params, tile, styles=len(job.styles)) <= budget_bytes:
+            cost = tiling_for(job.params, tile).network_pixels(height, width)
+            if best is None or cost < best[0]:
+                best = (cost, tile)
+    if best is None:
+        return None
+    return replace(job, params=job.params.model_copy(update={"tile": best[1]}))
+
+
+def _tile_sizes(params: StyleParams, longest: int) -> range:
+    """Every aligned tile size smaller than the image, largest first."""
+    align = tiling_for(params, 1).align
+    return range((longest - 1) // align * align, align - 1, -align)
 
 
 def memory_budget_bytes(device: str) -> int:
@@ -131,31 +158,79 @@ def output_size(job: Job) -> tuple[int, int] | None:
     return fit_size(*job.content_size, job.params.size)
 
 
-def split_unfit(jobs: list[Job], budget_bytes: int) -> tuple[list[Job], list[tuple[Job, int]]]:
-    """(jobs that fit the budget alone, whole or in tiles, (job, estimated bytes) for those
-    that do not fit even in tiles)."""
+def split_unfit(
+    jobs: list[Job], budget_bytes: int, *, host_history: bool = False
+) -> tuple[list[Job], list[tuple[Job, int]]]:
+    """(jobs that fit the budget alone, as they are or as the planner sets them to run,
+    (job, estimated bytes) for those that do not fit even so).
+
+    A job that does not fit whole runs in tiles (`tile: auto`). With `host_history` (a GPU,
+    whose memory is the budget), an L-BFGS job that fits neither way on the device runs
+    with its history in host memory (`lbfgs_history_on: auto`): at 4096 px, 20 history
+    pairs are 6 GB of the device's memory, more than the network needs for a tile.
+    """
     fitting, unfit = [], []
     for job in jobs:
+        if not host_history and job.params.lbfgs_history_on == "host":
+            # On a CPU the host's memory is the device's: the history counts either way.
+            job = replace(job, params=job.params.model_copy(update={"lbfgs_history_on": "device"}))
         need = job_bytes(job)
         if need is None or need <= budget_bytes:
             fitting.append(job)
-        elif (tiled := in_tiles(job, budget_bytes)) is not None:
-            fitting.append(tiled)
+        elif (planned := _fit(job, budget_bytes, host_history)) is not None:
+            fitting.append(planned)
         else:
-            unfit.append((job, min(need, _smallest_tiles_bytes(job))))
+            smallest = _smallest_tiles_bytes(job)
+            if (
+                host_history
+                and job.params.lbfgs_history_on == "auto"
+                and _host_history_bytes(job) <= host_memory_bytes() / 2
+            ):
+                hosted = job.params.model_copy(update={"lbfgs_history_on": "host"})
+                smallest = min(smallest, _smallest_tiles_bytes(replace(job, params=hosted)))
+            unfit.append((job, min(need, smallest)))
     return fitting, unfit
+
+
+def _fit(job: Job, budget_bytes: int, host_history: bool) -> Job | None:
+    if (tiled := in_tiles(job, budget_bytes)) is not None:
+        return tiled
+    params = job.params
+    if not host_history or params.optimizer != "lbfgs" or params.lbfgs_history_on != "auto":
+        return None
+    hosted = replace(job, params=params.model_copy(update={"lbfgs_history_on": "host"}))
+    if _host_history_bytes(job) > host_memory_bytes() / 2:
+        return None  # the host cannot hold it either: the reason suggests a shorter history
+    need = job_bytes(hosted)
+    if need is not None and need <= budget_bytes:
+        return hosted
+    return in_tiles(hosted, budget_bytes)
+
+
+def _host_history_bytes(job: Job) -> int:
+    size = output_size(job)
+    return 0 if size is None else job.params.lbfgs_history * 2 * 3 * 4 * size[0] * size[1]
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _smallest_tiles_bytes(job: Job) -> int:
     size = output_size(job)
     if job.params.tile != "auto" or size is None:
         return 2**62
-    return tiled_bytes(*size, job.params, TILE_SIZES[-1], styles=len(job.styles))
+    smallest = tiling_for(job.params, 1).align
+    return tiled_bytes(*size, job.params, smallest, styles=len(job.styles))
 
 
 def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:
     how = "even alone" if job.params.tile == "off" else "even alone and in tiles"
     fix = "lower size or style_scale"
+    size = output_size(job)
+    if size is not None and _history_bytes_per_pixel(job.params) * size[0] * size[1] > need / 2:
+        fix += f", or a shorter lbfgs_history (now {job.params.lbfgs_history})"
     if job.params.tile == "off":
         fix += ", or let it run in tiles (tile: auto)"
     return (

@@ -35,7 +35,8 @@ from nst_core.engine.params import StyleParams
 from nst_core.engine.steppers import OPTIMIZERS, Optimizer, Stepper
 from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
-from nst_core.engine.tiling import TiledObjective, Tiling
+from nst_core.engine.tiles import Tiling
+from nst_core.engine.tiling import TiledObjective
 from nst_core.engine.vgg import load_vgg
 from nst_core.errors import ParamsError
 

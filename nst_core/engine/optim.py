@@ -115,7 +115,11 @@ class BatchedLBFGS:
         history_size: int = 20,
         tolerance_grad: float = 1e-7,
         tolerance_change: float = 1e-9,
+        history_device: torch.device | str | None = None,
     ):
+        """`history_device`: where the curvature pairs live, x0's device by default. On the
+        host (pinned) for a large image on a GPU: 2 x history_size image-sized vectors, read
+        back one at a time by the two-loop recursion."""
         if x0.dim() != 2:
             raise ValueError("x0 must be (B, N)")
         self.batch, n = x0.shape
@@ -130,8 +134,12 @@ class BatchedLBFGS:
         self.t = torch.zeros(self.batch, device=device, dtype=dtype)
         # Lowest sufficient-decrease point of each sample's current line search.
         self.g_low = torch.zeros_like(self.x)
-        self.s_hist = torch.zeros(self.batch, self.m, n, device=device, dtype=dtype)
-        self.y_hist = torch.zeros_like(self.s_hist)
+        self.history_device = torch.device(history_device or device)
+        pin = self.history_device.type == "cpu" and device.type == "cuda"
+        self.s_hist = torch.zeros(
+            self.batch, self.m, n, device=self.history_device, dtype=dtype, pin_memory=pin
+        )
+        self.y_hist = torch.zeros_like(self.s_hist, pin_memory=pin)
         self.rho = torch.zeros(self.batch, self.m, device=device, dtype=dtype)
         self.head = [0] * self.batch
         self.count = [0] * self.batch
@@ -191,9 +199,9 @@ class BatchedLBFGS:
 
         Each kept sample's state moves with it, so its path is the one it had in the batch.
         """
-        index = torch.tensor(rows, device=self.x.device)
         for name in ("x", "g", "d", "t", "g_low", "s_hist", "y_hist", "rho"):
-            setattr(self, name, getattr(self, name).index_select(0, index))
+            value = getattr(self, name)
+            setattr(self, name, value.index_select(0, torch.tensor(rows, device=value.device)))
         for name in _PER_SAMPLE:
             values = getattr(self, name)
             setattr(self, name, [values[b] for b in rows])
@@ -285,17 +293,24 @@ class BatchedLBFGS:
         for j in range(self.m):
             slot = (head - 1 - j) % self.m
             rho = self.rho[self._rows, slot] * (j < count)
-            alpha = rho * (self.s_hist[self._rows, slot] * q).sum(dim=1)
-            q -= alpha.unsqueeze(1) * self.y_hist[self._rows, slot]
+            alpha = rho * (self._pair(self.s_hist, slot) * q).sum(dim=1)
+            q -= alpha.unsqueeze(1) * self._pair(self.y_hist, slot)
             alphas.append(alpha)
         newest = (head - 1) % self.m
-        s_new, y_new = self.s_hist[self._rows, newest], self.y_hist[self._rows, newest]
+        s_new, y_new = self._pair(self.s_hist, newest), self._pair(self.y_hist, newest)
         yy = (y_new * y_new).sum(dim=1)
         gamma = torch.where((count > 0) & (yy > 0), (s_new * y_new).sum(dim=1) / yy, 1.0)
         r = q * gamma.unsqueeze(1)
         for j in reversed(range(self.m)):
             slot = (head - 1 - j) % self.m
             rho = self.rho[self._rows, slot] * (j < count)
-            beta = rho * (self.y_hist[self._rows, slot] * r).sum(dim=1)
-            r += self.s_hist[self._rows, slot] * (alphas[j] - beta).unsqueeze(1)
+            beta = rho * (self._pair(self.y_hist, slot) * r).sum(dim=1)
+            r += self._pair(self.s_hist, slot) * (alphas[j] - beta).unsqueeze(1)
         return -r
+
+    def _pair(self, history: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Each sample's history vector at its own `slot`, (B, N) on x's device."""
+        if self.history_device == self.x.device:
+            return history[self._rows, slot]
+        rows = self._rows.to(self.history_device)
+        return history[rows, slot.to(self.history_device)].to(self.x.device, non_blocking=True)

@@ -39,7 +39,10 @@ class LBFGSSteps:
 
     def __init__(self, x: torch.Tensor, params: StyleParams) -> None:
         self.shape = x.shape[1:]
-        self.opt = BatchedLBFGS(x.flatten(1), history_size=params.lbfgs_history)
+        host = "cpu" if params.lbfgs_history_on == "host" else None
+        self.opt = BatchedLBFGS(
+            x.flatten(1), history_size=params.lbfgs_history, history_device=host
+        )
 
     def ask(self) -> torch.Tensor:
         return self.opt.ask().view(-1, *self.shape)

@@ -16,7 +16,8 @@ from nst_core.engine import images
 from nst_core.engine.layers import min_side
 from nst_core.engine.losses import blend_grams
 from nst_core.engine.params import StyleParams
-from nst_core.engine.tiling import Tiling, tiled_features, tiled_grams
+from nst_core.engine.tiles import Tiling
+from nst_core.engine.tiling import tiled_features, tiled_grams
 from nst_core.errors import ImageError
 
 Grams = dict[str, torch.Tensor]

@@ -12,87 +12,19 @@ passes over the tiles:
    content error from its own positions back to the tile-plus-halo input, and *adding* that
    into the image's gradient (a border pixel also feeds its neighbours' features).
 
-Tile origins are multiples of the network's stride at the deepest layer used, so feature
-crops fall on whole positions. A halo of at least `layers.reach()` makes every feature the
-untiled one, so the loss and gradient are the untiled objective's (to float rounding); a
-smaller halo approximates it near tile borders.
+Where the tiles fall is tiles.py's. With a halo of at least `layers.reach()` the loss and
+gradient are the untiled objective's (to float rounding); the default, shorter halo
+approximates them near tile borders, within the bound tiles.py gives.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-from nst_core.engine.layers import min_side, pools_through, reach
+from nst_core.engine.layers import pools_through
 from nst_core.engine.losses import style_loss, tv_loss
 from nst_core.engine.objective import Features, Objective, clamp_straight_through
-
-
-@dataclass(frozen=True)
-class Tile:
-    own: tuple[int, int, int, int]  # y0, y1, x0, x1: the pixels this tile answers for
-    crop: tuple[int, int, int, int]  # the tile and its halo, clipped to the image
-
-    def pixels(self, image: torch.Tensor) -> torch.Tensor:
-        y0, y1, x0, x1 = self.crop
-        return image[:, :, y0:y1, x0:x1]
-
-    def own_features(self, features: torch.Tensor, stride: int) -> torch.Tensor:
-        """This tile's own positions of a feature map computed from its crop.
-
-        Position i at stride s covers pixels [i*s, (i+1)*s); a map of an image of H pixels
-        has H // s rows (VGG pools round down), so own rows [y0 // s, y1 // s) partition
-        the whole image's map across tiles, the last tile taking the rounded-down end.
-        """
-        rows, cols = self.own_region(stride)
-        top, left = self.crop[0] // stride, self.crop[2] // stride
-        return features[
-            :, :, rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
-        ]
-
-    def own_region(self, stride: int) -> tuple[slice, slice]:
-        """The same positions in the whole image's feature map."""
-        y0, y1, x0, x1 = self.own
-        return slice(y0 // stride, y1 // stride), slice(x0 // stride, x1 // stride)
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Square tiles of `size` pixels (a multiple of `align`) with `halo` pixels of context."""
-
-    size: int
-    halo: int
-    align: int
-
-    @classmethod
-    def for_layers(cls, size: int, layers, halo: int | None = None) -> Tiling:
-        """Tiles for a network cut at `layers`: aligned to its deepest stride, and with a halo
-        of its reach (exact) unless one is given; `size` is rounded up to the alignment."""
-        align = min_side(layers)
-        size = max(align, math.ceil(size / align) * align)
-        if halo is None:
-            halo = reach(layers)
-        return cls(size=size, halo=math.ceil(halo / align) * align, align=align)
-
-    def tiles(self, height: int, width: int) -> list[Tile]:
-        tiles = []
-        for y0 in range(0, height, self.size):
-            for x0 in range(0, width, self.size):
-                y1, x1 = min(y0 + self.size, height), min(x0 + self.size, width)
-                crop = (
-                    max(0, y0 - self.halo),
-                    min(height, y1 + self.halo),
-                    max(0, x0 - self.halo),
-                    min(width, x1 + self.halo),
-                )
-                tiles.append(Tile((y0, y1, x0, x1), crop))
-        return tiles
-
-    def describe(self, height: int, width: int) -> dict:
-        """How a scale ran, for the record."""
-        return {"tile": self.size, "halo": self.halo, "tiles": len(self.tiles(height, width))}
+from nst_core.engine.tiles import Tile, Tiling
 
 
 def tiled_features(
@@ -134,16 +66,16 @@ def _gram_sums(features: Features, image: torch.Tensor, layers, tiling: Tiling):
         for tile in tiling.tiles(height, width):
             feats = features(tile.pixels(image))
             for name in layers:
-                rows = _rows(tile, feats[name], name)
-                gram = torch.bmm(rows.transpose(1, 2), rows)
+                gram = _own_gram(tile, feats[name], name)
                 sums[name] = sums[name] + gram if name in sums else gram
     return sums, positions
 
 
-def _rows(tile: Tile, features: torch.Tensor, name: str):
-    """A tile's own features at layer `name` as (B, positions, C) fp32 rows."""
-    own = tile.own_features(features, 2 ** pools_through(name)).float()
-    return own.flatten(2).transpose(1, 2)
+def _own_gram(tile: Tile, features: torch.Tensor, name: str) -> torch.Tensor:
+    """F F^T (B, C, C), fp32, over the tile's own positions at layer `name`, unnormalised:
+    the whole image's Gram is the sum of its tiles' divided by C and its positions."""
+    own = tile.own_features(features, 2 ** pools_through(name)).float().flatten(2)
+    return torch.bmm(own, own.transpose(1, 2))
 
 
 class TiledObjective:
@@ -178,8 +110,7 @@ class TiledObjective:
             for tile in tiles:
                 feats = o.features(tile.pixels(point).clamp(0, 1))
                 for name in style_layers:
-                    rows = _rows(tile, feats[name], name)
-                    gram = torch.bmm(rows.transpose(1, 2), rows)
+                    gram = _own_gram(tile, feats[name], name)
                     sums[name] = sums[name] + gram if name in sums else gram
                 content_error += self._content_error(tile, feats, positions)
 
@@ -204,9 +135,10 @@ class TiledObjective:
             feats = o.features(clamp_straight_through(crop))
             surrogate = (weights[:, 0] * self._content_error(tile, feats, positions)).sum()
             for name in style_layers:
-                rows = _rows(tile, feats[name], name)
-                gram = torch.bmm(rows.transpose(1, 2), rows) / (rows.shape[2] * positions[name])
-                surrogate = surrogate + (d_grams[name] * gram).sum()
+                gram = _own_gram(tile, feats[name], name)
+                surrogate = surrogate + (d_grams[name] * gram).sum() / (
+                    gram.shape[1] * positions[name]
+                )
             surrogate.backward()
             y0, y1, x0, x1 = tile.crop
             gradient[:, :, y0:y1, x0:x1] += crop.grad

@@ -1,0 +1,350 @@
+"""The run gallery (index.html beside summary.json) in a real browser: Debian's Chromium,
+driven by Playwright. One real 2x2 run with one failed job on SeaweedFS, rerun once; its page
+is browsed through `nst gallery --serve` and, copied to local disk, from file://."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from imagegen import write_batch
+
+from bench.gallery import CHROMIUM, CHROMIUM_ARGS, synthetic_run
+from nst_core.batch import storage
+from nst_core.batch.gallery import write_gallery
+from nst_core.batch.gallery_server import GalleryServer, resolve
+from nst_core.batch.layout import RunLayout
+
+# 2 contents x 2 styles as explicit pairs; b x s2 asks for 3000 px without tiles, which no
+# CPU budget holds, so it fails alone before any optimisation (quickly, and every time).
+MANIFEST = """version: 1
+name: tiny
+output: out
+format: png
+defaults: {size: 32, iterations: 3, history_every: 1, device: cpu, precision: fp32}
+pairs:
+  - {content: photos/a.png, style: paintings/s1.png}
+  - {content: photos/a.png, style: paintings/s2.png}
+  - {content: photos/b.png, style: paintings/s1.png}
+  - {content: photos/b.png, style: paintings/s2.png, params: {size: 3000, tile: "off"}}
+"""
+# Functions, not expressions: Playwright evaluates an expression with eval(), which the
+# page's Content-Security-Policy forbids.
+IMAGES_DONE = "() => Array.from(document.images).every(i => i.complete)"
+VISIBLE_JOBS = "Array.from(document.querySelectorAll('figure.job:not([hidden])'))"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def s3_runs(s3_server, prefect_server):
+    """The 2x2 batch run twice on S3; which thumbnails each run wrote."""
+    from flows.batch import stylize_batch
+
+    root = f"s3://gallery-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=root[5:])
+    manifest = write_batch(root, MANIFEST)
+    written: list[list[str]] = []
+    real_write = storage.write_bytes
+
+    def spy(uri, data, content_type=None):
+        if "/_runs/_thumbs/" in str(uri):
+            written[-1].append(uri)
+        return real_write(uri, data, content_type)
+
+    states = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(storage, "write_bytes", spy)
+        for _ in range(2):
+            written.append([])
+            states.append(stylize_batch(manifest, return_state=True))
+    runs = sorted(
+        storage.parent(u)
+        for u in storage.list_prefix(f"{root}/out/_runs")
+        if u.endswith("/summary.json")
+    )
+    assert len(runs) == 2 and all(state.is_failed() for state in states)
+    return SimpleNamespace(root=root, manifest=manifest, runs=runs, written=written)
+
+
+def open_page(browser, url: str):
+    """A fresh page at `url` with every request, dialog and script error it makes recorded."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    seen = SimpleNamespace(requests=[], dialogs=[], errors=[])
+    page.on("request", lambda request: seen.requests.append(request.url))
+    page.on("dialog", lambda dialog: (seen.dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda error: seen.errors.append(str(error)))
+    page.goto(url, wait_until="load")
+    page.wait_for_function(IMAGES_DONE)
+    return page, seen
+
+
+def thumbnail_widths(page) -> dict[str, int]:
+    return page.evaluate(
+        "Object.fromEntries(Array.from(document.images).map(i => "
+        "[i.getAttribute('src'), i.naturalWidth]))"
+    )
+
+
+def links(page) -> list[str]:
+    """Every URL the page links or loads, resolved."""
+    return page.evaluate(
+        "Array.from(document.querySelectorAll('a[href], img[src]')).map(e => e.href || e.src)"
+    )
+
+
+def check_the_2x2_page(page, seen, prefix: str) -> None:
+    """What both ways of opening the page must show: every thumbnail, the failure in place,
+    a working status filter, the detail of a job, and nothing from outside `prefix`."""
+    widths = thumbnail_widths(page)
+    assert len(widths) == 2 + 2 + 3  # content and style headers, 3 outputs
+    assert all(width > 0 for width in widths.values()), widths
+    captions = page.locator("figure.job:not(.failed) figcaption").all_inner_texts()
+    assert len(captions) == 3  # final losses and seconds, from this run or an earlier one
+    assert all(re.match(r"style \S+ · content \S+ · \d+\.\d s", c) for c in captions), captions
+    failed = page.locator("figure.job.failed")
+    assert failed.count() == 1
+    assert "over the memory budget" in failed.locator(".error").inner_text()
+    assert "b.png x s2.png" in failed.get_attribute("aria-label")
+    page.select_option("#status", "failed")
+    assert page.evaluate(f"{VISIBLE_JOBS}.map(f => f.dataset.status)") == ["failed"]
+    assert page.evaluate(
+        "Array.from(document.querySelectorAll('tbody tr')).map(r => r.hidden)"
+    ) == [
+        True,
+        False,
+    ]  # a.png's row has no failure
+    assert page.locator("#shown").inner_text() == "1 of 4 jobs shown"
+    page.select_option("#status", "all")
+    assert page.evaluate(f"{VISIBLE_JOBS}.length") == 4
+    # Keyboard: focus the first job and press Enter; the detail shows the full-size output,
+    # the loss curve from the record and its parameters.
+    page.locator("figure.job").first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('detail').open")
+    page.wait_for_function("() => document.querySelector('img.full').naturalWidth > 0")
+    assert page.locator("#detail svg.chart polyline").count() >= 2
+    assert "iterations" in page.locator("#detail table.facts").last.inner_text()
+    every = links(page) + seen.requests
+    assert any(url.endswith(".json") for url in links(page))  # the record's link
+    outside = [url for url in every if not url.startswith(prefix)]
+    assert outside == [] and not seen.errors and not seen.dialogs
+
+
+def test_the_page_served_from_s3_by_nst_gallery(browser, s3_runs, tmp_path):
+    latest = s3_runs.runs[-1]
+    log = (tmp_path / "serve.log").open("w")
+    command = [sys.executable, "-m", "flows.cli", "gallery", latest, "--serve"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in server.stdout], daemon=True).start()
+    try:
+        url = ""
+        while not url.startswith("open:"):
+            url = lines.get(timeout=60)
+        url = url.split(None, 1)[1].strip()
+        prefix = url.split("/_runs/")[0] + "/"
+        assert prefix.startswith("http://127.0.0.1:")
+        page, seen = open_page(browser, url)
+        # The rerun's page covers the whole batch: the 3 done jobs skipped, with thumbnails.
+        statuses = page.evaluate(f"{VISIBLE_JOBS}.map(f => f.dataset.status).sort()")
+        assert statuses == ["failed", "skipped", "skipped", "skipped"]
+        check_the_2x2_page(page, seen, prefix)
+        page.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=20) == 0
+
+
+def test_the_page_copied_to_local_disk_opens_from_file(browser, s3_runs, tmp_path):
+    source = f"{s3_runs.root}/out"
+    for uri in storage.list_prefix(source):  # as `aws s3 sync` would copy it
+        storage.write_bytes(str(tmp_path / "out") + uri[len(source) :], storage.read_bytes(uri))
+    first = tmp_path / "out" / "_runs" / storage.name(s3_runs.runs[0]) / "index.html"
+    page, seen = open_page(browser, first.as_uri())
+    statuses = page.evaluate(f"{VISIBLE_JOBS}.map(f => f.dataset.status).sort()")
+    assert statuses == ["completed", "completed", "completed", "failed"]
+    check_the_2x2_page(page, seen, (tmp_path / "out").as_uri() + "/")
+    page.close()
+
+
+def test_a_rerun_makes_no_thumbnail_again(s3_runs):
+    first, rerun = s3_runs.written
+    assert len(first) == len(set(first)) == 3 + 2 + 2  # outputs, contents, styles
+    assert rerun == []
+    report = storage.read_bytes(f"{s3_runs.runs[-1]}/report.md").decode()
+    assert f"`{s3_runs.runs[-1]}/index.html`" in report
+    assert f"nst gallery {s3_runs.runs[-1]} --serve" in report
+
+
+def test_nst_gallery_of_a_manifest_names_its_latest_run(s3_runs, capsys):
+    from cli_runner import run_cli
+
+    code, out, _ = run_cli(["gallery", s3_runs.manifest], capsys)
+    assert code == 0
+    assert f"gallery: {s3_runs.runs[-1]}/index.html" in out
+    assert f"nst gallery {s3_runs.runs[-1]} --serve" in out
+
+
+HOSTILE_STYLE = "<img src=x onerror=alert(1)>.jpg"
+HOSTILE_CONTENT = "<img src=y onerror=window.__xss=1>.png"
+QUOTED_CONTENT = "q\"uote & 'amp'.png"
+HOSTILE_ERROR = '</script><script>window.__xss=2</script><!-- & "quoted"'
+
+
+@pytest.mark.parametrize("policy", ["kept", "removed"])
+def test_untrusted_names_and_errors_render_as_text(browser, tmp_path, policy):
+    """Hostile file names and error messages show as text and run nothing: with the page's
+    Content-Security-Policy, and without it (so escaping alone is what is tested)."""
+    layout, summary = synthetic_run(
+        str(tmp_path),
+        [HOSTILE_CONTENT, QUOTED_CONTENT],
+        [HOSTILE_STYLE, "s2.png"],
+        failed=[(1, 0)],
+        error=HOSTILE_ERROR,
+    )
+    page_path = Path(write_gallery(layout, summary))
+    html = page_path.read_text()
+    assert "Content-Security-Policy" in html
+    if policy == "removed":
+        html = "\n".join(
+            line for line in html.splitlines() if "Content-Security-Policy" not in line
+        )
+        page_path.write_text(html)
+    page, seen = open_page(browser, page_path.as_uri())
+    assert page.evaluate("window.__xss") is None and seen.dialogs == [] and not seen.errors
+    assert page.locator("img[src=x], img[src=y], script[src]").count() == 0
+    headers = page.locator("thead th .name").all_inner_texts()
+    assert headers == [HOSTILE_STYLE, "s2.png"]
+    assert page.locator("tbody th .name").all_inner_texts() == [HOSTILE_CONTENT, QUOTED_CONTENT]
+    assert HOSTILE_STYLE in page.locator("#style").inner_text()
+    failed = page.locator("figure.job.failed")
+    assert failed.locator(".error").inner_text() == HOSTILE_ERROR
+    assert failed.get_attribute("aria-label") == f"{QUOTED_CONTENT} x {HOSTILE_STYLE}: failed"
+    failed.click()  # the detail writes the same text through the script
+    page.wait_for_function("() => document.getElementById('detail').open")
+    assert page.locator("#detail-title").inner_text() == f"{QUOTED_CONTENT} x {HOSTILE_STYLE}"
+    assert page.locator("#detail .error").inner_text() == HOSTILE_ERROR
+    assert page.evaluate("window.__xss") is None and seen.dialogs == []
+    assert all(url.startswith((tmp_path / "out").as_uri() + "/") for url in seen.requests)
+    page.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A GalleryServer on tmp_path/out in a thread, beside a secret it must never give."""
+    out = tmp_path / "out"
+    (out / "_runs" / "r1").mkdir(parents=True)
+    (out / "_runs" / "r1" / "index.html").write_text("<p>page</p>")
+    (out / "a.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "secret.txt").write_text("secret")
+    (out / "link.txt").symlink_to(tmp_path / "secret.txt")
+    server = GalleryServer(str(out), "_runs/r1/index.html")
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+
+    def request(method: str, path: str):
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        return response, body
+
+    yield SimpleNamespace(request=request, root=str(out))
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret.txt",
+        "/_runs/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/_runs%2f..%2f..%2fsecret.txt",
+        "/..%5csecret.txt",
+        "/./a.png",
+        "/link.txt",  # a symbolic link out of the folder
+        "http://example.com/a.png",
+    ],
+)
+def test_the_server_refuses_paths_outside_its_folder(served, path):
+    response, body = served.request("GET", path)
+    assert response.status == 403 and b"secret" not in body
+
+
+def test_the_server_answers_get_and_head_only(served):
+    response, body = served.request("GET", "/a.png")
+    assert (response.status, body, response.getheader("Content-Type")) == (
+        200,
+        b"\x89PNG fake",
+        "image/png",
+    )
+    response, body = served.request("HEAD", "/a.png")
+    assert (response.status, body, response.getheader("Content-Length")) == (200, b"", "9")
+    response, _ = served.request("GET", "/")
+    assert (response.status, response.getheader("Location")) == (302, "/_runs/r1/index.html")
+    assert served.request("GET", "/missing.png")[0].status == 404
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        response, _ = served.request(method, "/a.png")
+        assert (response.status, response.getheader("Allow")) == (405, "GET, HEAD")
+    assert (Path(served.root) / "a.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_resolve_keeps_s3_keys_inside_the_prefix():
+    assert resolve("s3://b/out", "/x%20y.png?v=1") == "s3://b/out/x y.png"
+    assert resolve("s3://b/out", "/_runs/r/../../../other/key") is None
+
+
+def test_nst_help_lists_gallery(capsys):
+    from cli_runner import run_cli
+
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "  gallery " in out
+
+
+def test_nst_gallery_explains_what_it_needs(tmp_path, capsys):
+    from cli_runner import run_cli
+
+    code, _, err = run_cli(["gallery", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "not a run folder (OUTPUT/_runs/NAME) nor a manifest" in err
+    code, _, err = run_cli(["gallery", str(tmp_path / "out" / "_runs" / "nope")], capsys)
+    assert code == 2 and "no summary.json in this run folder" in err
+    manifest = write_batch(str(tmp_path), MANIFEST)
+    code, _, err = run_cli(["gallery", manifest], capsys)
+    assert code == 2 and "no finished run of this batch" in err and "nst run" in err
+
+
+def test_nst_gallery_writes_the_page_a_run_lacks(tmp_path, capsys):
+    """Runs from before pages existed get one from their summary.json and records."""
+    from cli_runner import run_cli
+
+    layout, summary = synthetic_run(str(tmp_path), ["a.png"], ["s.png"])
+    storage.write_bytes(layout.summary(summary.run), summary.to_json())
+    code, out, _ = run_cli(["gallery", layout.run_folder(summary.run)], capsys)
+    assert code == 0 and "wrote the page" in out
+    page = Path(layout.gallery(summary.run))
+    assert page.exists() and f"open:    {page.as_uri()}" in out
+    assert len(os.listdir(RunLayout(str(tmp_path / "out")).thumbs)) == 3  # output, content, style
