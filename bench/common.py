@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from nst_core.batch import demo
+from nst_core.batch.jobs import Job
 from nst_core.engine import images
 from nst_core.engine.losses import content_loss, gram, style_loss
 from nst_core.engine.params import StyleParams
@@ -122,3 +123,9 @@ def write_section(name: str, body: str) -> None:
         text += f"\n{begin}\n{end}\n"
     head, rest = text.split(begin, 1)
     path.write_text(f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}")
+
+
+def planning_job(params: StyleParams, width: int, height: int) -> Job:
+    """A job of `params` on a content of width x height, for the planner (units.py) alone:
+    its URIs and hashes are placeholders, never read."""
+    return Job("c", "0" * 64, (("s", 1.0),), ("1" * 64,), params, "k", "o", "r", (width, height))

@@ -54,10 +54,9 @@ from pathlib import Path
 import torch
 
 from bench.baseline import EVALUATIONS, TUTORIAL_SETTINGS, run_baseline
-from bench.common import Evaluator, inputs, tensors
+from bench.common import Evaluator, inputs, planning_job, tensors
 from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
-from nst_core.batch.jobs import Job
 from nst_core.batch.units import estimate_bytes, job_bytes, split_unfit, unfit_reason
 from nst_core.engine import images
 from nst_core.engine.loop import network_for, network_layers, stylize_batch
@@ -435,7 +434,7 @@ class Bench:
             precision="bf16" if self.cuda else "fp32",
         )
         width, height = images.fit_size(*self.content.size, size)
-        job = Job("c", "0" * 64, (("s", 1.0),), ("1" * 64,), params, "k", "o", "r", (width, height))
+        job = planning_job(params, width, height)
         fitting, unfit = split_unfit([job], budget, host_history=self.cuda)
         if unfit:
             return {"skipped": unfit_reason(job, unfit[0][1], budget)}

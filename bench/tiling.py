@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import inputs, machine, write_section
+from bench.common import inputs, machine, planning_job, write_section
 from bench.memory import _restart_rss_peak, _status_bytes
 from nst_core.batch import units
 from nst_core.engine.images import fit_size
@@ -145,10 +145,7 @@ def memory_one(size: int) -> dict:
 
 
 def _planned_tile(params: StyleParams, width: int, height: int, budget: int) -> int:
-    from nst_core.batch.jobs import Job
-
-    job = Job("c", "0" * 64, (("s", 1.0),), ("1" * 64,), params, "k", "o", "r", (width, height))
-    planned = units.in_tiles(job, budget)
+    planned = units.in_tiles(planning_job(params, width, height), budget)
     if planned is None:
         raise SystemExit(f"{width}x{height} does not fit {budget / 2**30:.2f} GB in tiles")
     return planned.params.tile

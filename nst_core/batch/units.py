@@ -87,10 +87,13 @@ def _state_bytes_per_pixel(params: StyleParams) -> float:
 
 
 def _history_bytes_per_pixel(params: StyleParams) -> int:
-    """L-BFGS's s and y history on the device: 3 fp32 values per pixel each, per pair."""
-    if params.optimizer != "lbfgs" or params.lbfgs_history_on == "host":
-        return 0
-    return params.lbfgs_history * 2 * 3 * 4
+    """L-BFGS's history on the device, per output pixel per pair."""
+    return 0 if params.lbfgs_history_on == "host" else _lbfgs_history_bytes_per_pixel(params)
+
+
+def _lbfgs_history_bytes_per_pixel(params: StyleParams) -> int:
+    """L-BFGS's s and y history wherever it lives: 3 fp32 values per pixel each, per pair."""
+    return params.lbfgs_history * 2 * 3 * 4 if params.optimizer == "lbfgs" else 0
 
 
 def tiling_for(params: StyleParams, tile: int) -> Tiling:
@@ -181,13 +184,8 @@ def split_unfit(
             fitting.append(planned)
         else:
             smallest = _smallest_tiles_bytes(job)
-            if (
-                host_history
-                and job.params.lbfgs_history_on == "auto"
-                and _host_history_bytes(job) <= host_memory_bytes() / 2
-            ):
-                hosted = job.params.model_copy(update={"lbfgs_history_on": "host"})
-                smallest = min(smallest, _smallest_tiles_bytes(replace(job, params=hosted)))
+            if (hosted := _hosted(job, host_history)) is not None:
+                smallest = min(smallest, _smallest_tiles_bytes(hosted))
             unfit.append((job, min(need, smallest)))
     return fitting, unfit
 
@@ -195,21 +193,26 @@ def split_unfit(
 def _fit(job: Job, budget_bytes: int, host_history: bool) -> Job | None:
     if (tiled := in_tiles(job, budget_bytes)) is not None:
         return tiled
-    params = job.params
-    if not host_history or params.optimizer != "lbfgs" or params.lbfgs_history_on != "auto":
+    if (hosted := _hosted(job, host_history)) is None:
         return None
-    hosted = replace(job, params=params.model_copy(update={"lbfgs_history_on": "host"}))
-    if _host_history_bytes(job) > host_memory_bytes() / 2:
-        return None  # the host cannot hold it either: the reason suggests a shorter history
     need = job_bytes(hosted)
     if need is not None and need <= budget_bytes:
         return hosted
     return in_tiles(hosted, budget_bytes)
 
 
-def _host_history_bytes(job: Job) -> int:
+def _hosted(job: Job, host_history: bool) -> Job | None:
+    """The job with L-BFGS's history in host memory, where the planner may put it there (a
+    GPU, `lbfgs_history_on: auto`) and half the host's memory holds it; else None (the
+    reason then suggests a shorter history)."""
+    params = job.params
+    if not host_history or params.optimizer != "lbfgs" or params.lbfgs_history_on != "auto":
+        return None
     size = output_size(job)
-    return 0 if size is None else job.params.lbfgs_history * 2 * 3 * 4 * size[0] * size[1]
+    history = 0 if size is None else _lbfgs_history_bytes_per_pixel(params) * size[0] * size[1]
+    if history > host_memory_bytes() / 2:
+        return None
+    return replace(job, params=params.model_copy(update={"lbfgs_history_on": "host"}))
 
 
 def host_memory_bytes() -> int:
