@@ -481,6 +481,8 @@ class Bench:
         return step
 
     def _rate(self, step, batch: int, warm: int = 3, repeats: int = 10) -> dict:
+        if self.dry:  # the code path, not a figure
+            warm, repeats = 1, 1
         self.timed(step, warm)
         times, _ = self.timed(step, repeats)
         seconds = statistics.median(times)

@@ -246,17 +246,22 @@ def _write_results(layout: RunLayout, summary: Summary) -> str:
     run = summary.run
     storage.write_bytes(layout.summary(run), summary.to_json())
     storage.write_bytes(layout.report(run), report.markdown_report(summary, layout).encode())
-    storage.write_bytes(layout.contact_sheet(run), report.contact_sheet(summary.jobs))
-    histories = [(e.label, e.history) for e in summary.jobs if e.history]
-    storage.write_bytes(layout.loss_plot(run), report.loss_plot(histories))
+    thumbnails = {}
     try:
-        gallery.write_gallery(layout, summary)
+        shown = gallery.collect(layout, summary)
+        gallery.write_page(layout, shown)
+        thumbnails = shown.thumbnail_uris(layout)
     except storage.StorageError:
         raise  # as for the files above: the run says the results could not be written
     except Exception:
         # The page is a view of what is written; a fault in drawing it must not fail a batch
         # whose every output and record is there. `nst gallery` can write it again.
         get_run_logger().exception("the gallery page of %s could not be written", run)
+    # Drawn from the gallery's thumbnails where there are some (from the images otherwise).
+    sheet = report.contact_sheet(summary.jobs, thumbnails)
+    storage.write_bytes(layout.contact_sheet(run), sheet)
+    histories = [(e.label, e.history) for e in summary.jobs if e.history]
+    storage.write_bytes(layout.loss_plot(run), report.loss_plot(histories))
     return layout.run_folder(run)
 
 

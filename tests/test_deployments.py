@@ -51,6 +51,8 @@ def stack(tmp_path_factory, s3_server):
         port=free_port(),
         env={
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+            # A killed run's device slot frees when its lease ends; look every 2 s, not 15.
+            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
             "AWS_ENDPOINT_URL": s3_server.endpoint_url,
@@ -216,7 +218,30 @@ def completions(stack: LocalStack, run_ids: list[str]) -> list[str]:
     return [log["message"] for log in logs if log["message"].startswith("completed ")]
 
 
+def wait_for_idle_workers(stack: LocalStack) -> None:
+    """Until no worker still runs a flow run process: one an earlier test left finishing (a
+    flow run's state is final a few seconds before its process exits) holds its worker's
+    only slot."""
+    deadline = time.monotonic() + DEADLINE_S
+    workers = {name: pid for name, pid in stack.running().items() if name.startswith("worker")}
+    while any(descendants(pid) for pid in workers.values()):
+        assert time.monotonic() < deadline, "a worker is still busy with an earlier flow run"
+        time.sleep(0.5)
+
+
+def pending_since(stack: LocalStack, run_id: str) -> datetime:
+    """When a worker took this flow run (its PENDING state)."""
+    answer = httpx.get(
+        f"{stack.api_url}/flow_run_states/", params={"flow_run_id": run_id}, timeout=30
+    )
+    answer.raise_for_status()
+    return min(
+        datetime.fromisoformat(s["timestamp"]) for s in answer.json() if s["type"] == "PENDING"
+    )
+
+
 def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_bucket):
+    wait_for_idle_workers(stack)
     uri = write_batch(f"{s3_bucket}/sharded", MANIFEST)
     nst = [sys.executable, "-m", "flows.cli", "run", uri, "--shards", "2"]
     parent = subprocess.run(
@@ -248,9 +273,14 @@ def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_buc
     shard_jobs = [set(c["parameters"]["only_jobs"]) for c in children]
     assert not shard_jobs[0] & shard_jobs[1]  # disjoint
     assert shard_jobs[0] | shard_jobs[1] == {r["key"] for r in records}
-    # Two workers of one run each took one shard each: the shards ran at the same time.
+    # Two idle workers of one run each took one shard, the second before the first was done:
+    # the shards ran side by side, not one after the other on one worker.
     first, second = children
-    assert first["start_time"] < second["end_time"] and second["start_time"] < first["end_time"]
+    workers = {c["labels"]["prefect.worker.name"] for c in children}
+    assert workers == {"nst-gpu-worker", "nst-gpu-worker-2"}, workers
+    taken = [pending_since(stack, c["id"]) for c in children]
+    ended = [datetime.fromisoformat(c["end_time"]) for c in children]
+    assert max(taken) < min(ended), (taken, ended)
     done = completions(stack, [c["id"] for c in children])
     assert sorted(done) == sorted(set(done)) and len(done) == 4, done
 

@@ -39,6 +39,15 @@ defaults: {{size: {size}, iterations: {iterations}, device: cpu, precision: fp32
 contents: [photos/*.png]
 styles: [paintings/*.png]
 """
+# Three jobs as explicit pairs: after the first, two units meet the outage, each through its
+# retries (about 20 s apiece), so the scenario shows more than one failed unit at that cost.
+OUTAGE_MANIFEST = MANIFEST.replace(
+    "contents: [photos/*.png]\nstyles: [paintings/*.png]\n",
+    "pairs:\n"
+    "  - {{content: photos/a.png, style: paintings/s1.png}}\n"
+    "  - {{content: photos/a.png, style: paintings/s2.png}}\n"
+    "  - {{content: photos/b.png, style: paintings/s1.png}}\n",
+)
 RUN_TIMEOUT_S = 300  # one `nst run` of a few tiny jobs on a busy 2-core machine
 SESSION_AWS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION")
 
@@ -255,13 +264,13 @@ class Outage:
 
 @pytest.fixture(scope="module")
 def outage(private_s3_factory, prefect_server, tmp_path_factory) -> Outage:
-    """2 contents x 2 styles, one job per unit, on a private S3 server that is stopped as
+    """Three pairs, one job per unit, on a private S3 server that is stopped as
     soon as the first record lands; then started again (same data, same port) and the batch
     rerun. Storage retries are kept short; the unit task's own retries (2, after 5 s and
     10 s) are the flow's and stay as they are."""
     with pointed_at(private_s3_factory()) as s3:
         root = s3.bucket()
-        uri = write_batch(root, MANIFEST.format(size=40, iterations=20))
+        uri = write_batch(root, OUTAGE_MANIFEST.format(size=40, iterations=20))
         env = nst_env(
             tmp_path_factory.mktemp("prefect-home"),
             prefect_server,
@@ -300,7 +309,7 @@ def outage(private_s3_factory, prefect_server, tmp_path_factory) -> Outage:
             for u in storage.list_prefix(f"{root}/out/_runs")
             if u.endswith("/summary.json")
         }
-        return Outage(root, 4, first, prefect, before, finals, second, after, summaries)
+        return Outage(root, 3, first, prefect, before, finals, second, after, summaries)
 
 
 def test_outage_lands_mid_batch(outage):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,18 +66,26 @@ def s3_runs(s3_server, prefect_server):
     storage.s3_client().create_bucket(Bucket=root[5:])
     manifest = write_batch(root, MANIFEST)
     written: list[list[str]] = []
-    real_write = storage.write_bytes
+    outputs_read: list[Counter] = []  # per run: how often each output image was read
+    real_write, real_read = storage.write_bytes, storage.read_bytes
 
     def spy(uri, data, content_type=None):
         if "/_runs/_thumbs/" in str(uri):
             written[-1].append(uri)
         return real_write(uri, data, content_type)
 
+    def read_spy(uri, *args, **kwargs):
+        if str(uri).startswith(f"{root}/out/") and str(uri).endswith(".png"):
+            outputs_read[-1][uri] += 1
+        return real_read(uri, *args, **kwargs)
+
     states = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(storage, "write_bytes", spy)
+        patch.setattr(storage, "read_bytes", read_spy)
         for _ in range(2):
             written.append([])
+            outputs_read.append(Counter())
             states.append(stylize_batch(manifest, return_state=True))
     runs = sorted(
         storage.parent(u)
@@ -84,7 +93,9 @@ def s3_runs(s3_server, prefect_server):
         if u.endswith("/summary.json")
     )
     assert len(runs) == 2 and all(state.is_failed() for state in states)
-    return SimpleNamespace(root=root, manifest=manifest, runs=runs, written=written)
+    return SimpleNamespace(
+        root=root, manifest=manifest, runs=runs, written=written, outputs_read=outputs_read
+    )
 
 
 def open_page(browser, url: str):
@@ -195,6 +206,14 @@ def test_a_rerun_makes_no_thumbnail_again(s3_runs):
     report = storage.read_bytes(f"{s3_runs.runs[-1]}/report.md").decode()
     assert f"`{s3_runs.runs[-1]}/index.html`" in report
     assert f"nst gallery {s3_runs.runs[-1]} --serve" in report
+
+
+def test_a_run_reads_each_output_once_for_its_pictures(s3_runs):
+    """The contact sheet is drawn from the gallery's thumbnails: the first run reads each
+    full-size output once (to make its thumbnail), the rerun not at all."""
+    first, rerun = s3_runs.outputs_read
+    assert len(first) == 3 and set(first.values()) == {1}, first
+    assert rerun == Counter(), rerun
 
 
 def test_nst_gallery_of_a_manifest_names_its_latest_run(s3_runs, capsys):

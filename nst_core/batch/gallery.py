@@ -20,11 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from PIL import Image
-
 from nst_core.batch import records, storage
 from nst_core.batch.layout import RUNS, THUMBS, RunLayout
 from nst_core.batch.records import JobEntry, Record, Summary
+from nst_core.batch.thumbnails import read_thumbnail
 
 THUMB = 160  # longest side of a thumbnail, pixels
 _THUMB_NAME = re.compile(r"^([0-9a-f]{20})\.(\d+)x(\d+)\.jpg$")
@@ -39,6 +38,10 @@ class Thumb:
     href: str
     width: int
     height: int
+
+    @property
+    def name(self) -> str:
+        return self.href.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -56,13 +59,22 @@ class Gallery:
     jobs: list[GalleryJob]
     inputs: dict[str, Thumb | None] = field(default_factory=dict)  # by content or style URI
 
+    def thumbnail_uris(self, layout: RunLayout) -> dict[str, str]:
+        """{an output's or input's URI: its thumbnail's}, for each image that has one."""
+        shown = {job.entry.output: job.thumb for job in self.jobs} | self.inputs
+        return {uri: f"{layout.thumbs}/{thumb.name}" for uri, thumb in shown.items() if thumb}
+
 
 def write_gallery(layout: RunLayout, summary: Summary) -> str:
     """Write the run's page (and any thumbnail it lacks); returns the page's URI."""
+    return write_page(layout, collect(layout, summary))
+
+
+def write_page(layout: RunLayout, gallery: Gallery) -> str:
+    """Write the page of what `collect` gathered; returns its URI."""
     from nst_core.batch.gallery_page import render
 
-    gallery = collect(layout, summary)
-    uri = layout.gallery(summary.run)
+    uri = layout.gallery(gallery.summary.run)
     storage.write_bytes(uri, render(gallery).encode(), content_type="text/html; charset=utf-8")
     return uri
 
@@ -184,13 +196,9 @@ def _thumb(name: str, width: int, height: int) -> Thumb:
 
 
 def _make_thumb(layout: RunLayout, digest: str, source: str) -> Thumb | None:
-    from nst_core.engine.images import decode_image  # torch: only when a thumbnail is made
-
-    try:
-        image = decode_image(storage.read_bytes(source), source)
-    except (storage.StorageError, ValueError):  # ImageError is a ValueError
+    image = read_thumbnail(source, THUMB)
+    if image is None:
         return None  # its cell says there is no preview; the page goes on
-    image.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     name = f"{digest}.{image.width}x{image.height}.jpg"

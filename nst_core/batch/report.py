@@ -8,14 +8,14 @@ from __future__ import annotations
 import io
 import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 from nst_core.batch import storage
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.records import JobEntry, Summary
-from nst_core.engine import images
+from nst_core.batch.thumbnails import read_thumbnail
 
 THUMB = 160
 # A sheet shows at most this many contents (rows) and styles (columns).
@@ -81,12 +81,19 @@ def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else ""
 
 
-def contact_sheet(entries: list[JobEntry]) -> bytes:
+def contact_sheet(entries: list[JobEntry], thumbnails: Mapping[str, str] | None = None) -> bytes:
     """A labelled grid: styles across the top, contents down the side, outputs where they meet.
 
     Big batches show their first SHEET_ROWS contents and SHEET_COLUMNS styles, with a footer
     saying so: the sheet is for eyes (and JPEG stops at 65,500 px); summary.json lists all.
+    `thumbnails` ({image URI: its thumbnail's URI}, the gallery's) are read in place of the
+    images they show, so a run decodes each full-size output once, not once per picture.
     """
+    thumbnails = thumbnails or {}
+
+    def picture(uri: str) -> Image.Image | None:
+        return read_thumbnail(thumbnails.get(uri, uri), THUMB - 8)
+
     all_rows = list(dict.fromkeys(e.content for e in entries))
     all_columns = list(dict.fromkeys(_style_label(e) for e in entries))
     rows, columns = all_rows[:SHEET_ROWS], all_columns[:SHEET_COLUMNS]
@@ -109,9 +116,9 @@ def contact_sheet(entries: list[JobEntry]) -> bytes:
 
     for label, c in column_of.items():
         styles = column_styles[label]
-        cell(c, 0, label, _thumbnail(styles[0].uri) if len(styles) == 1 else None)
+        cell(c, 0, label, picture(styles[0].uri) if len(styles) == 1 else None)
     for content, r in row_of.items():
-        cell(0, r, storage.name(content), _thumbnail(content))
+        cell(0, r, storage.name(content), picture(content))
     for entry in entries:
         r, c = row_of.get(entry.content), column_of.get(_style_label(entry))
         if r is None or c is None:
@@ -122,7 +129,7 @@ def contact_sheet(entries: list[JobEntry]) -> bytes:
             draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline=colour, width=3)
             draw.text((x + 10, y + THUMB // 2), entry.status, fill=colour, font=font)
         else:
-            cell(c, r, None, _thumbnail(entry.output))
+            cell(c, r, None, picture(entry.output))
     if cut:
         note = (
             f"showing {len(rows)} of {len(all_rows)} contents and {len(columns)} of "
@@ -140,15 +147,6 @@ def _style_label(entry: JobEntry) -> str:
 
 def _clip(text: str, limit: int = 24) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _thumbnail(uri: str) -> Image.Image | None:
-    try:
-        image = images.decode_image(storage.read_bytes(uri), uri)
-    except Exception:  # a missing or broken image leaves its cell empty, not the sheet
-        return None
-    image.thumbnail((THUMB - 8, THUMB - 8))
-    return image
 
 
 def _paste(sheet: Image.Image, thumb: Image.Image | None, x: int, y: int) -> None:
