@@ -166,7 +166,15 @@ def test_the_page_served_from_s3_by_nst_gallery(browser, s3_runs, tmp_path):
     latest = s3_runs.runs[-1]
     log = (tmp_path / "serve.log").open("w")
     command = [sys.executable, "-m", "flows.cli", "gallery", latest, "--serve"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        # Ctrl-C as from a terminal: a suite started in the background by a script inherits
+        # SIGINT ignored, and Python then never turns SIGINT into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in server.stdout], daemon=True).start()
     try:
