@@ -6,6 +6,12 @@ pixels: small against the picture. `auto` starts at 512 px and doubles, so the c
 lay down strokes at the picture's scale, which the finer ones keep.
 
     python -m bench.scales [--size 1024] [--iterations N] [--out docs/scales-1024.jpg]
+    python -m bench.scales --equal-time [--size 1024] [--iterations N]
+
+`--equal-time` adds one scale given the time `auto` took (its iterations scaled by the
+measured ratio), so the schedule is not judged against a run that simply stopped sooner; the
+two rows measured before with the same size and iterations are read back from
+bench/results/scales.json rather than run again.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from nst_core.engine.targets import Pair
 ROOT = Path(__file__).resolve().parent.parent
 CROP = 320  # pixels of the output shown per crop, at full resolution
 LOOK_SIZE = 512  # the look metric's scoring size: large enough to see strokes
+RESULTS = ROOT / "bench" / "results" / "scales.json"
 
 
 def run(size: int, scales, iterations: int) -> dict:
@@ -38,6 +45,7 @@ def run(size: int, scales, iterations: int) -> dict:
     print(f"scales {scales}: {seconds:.0f} s, {result.evaluations} evaluations, {look}", flush=True)
     return {
         "scales": scales or "single",
+        "iterations": iterations,
         "schedule": params.schedule(),
         "seconds": seconds,
         "evaluations": result.evaluations,
@@ -47,6 +55,18 @@ def run(size: int, scales, iterations: int) -> dict:
         "pairs": description,
         "image": result.image,
     }
+
+
+def _measured_before(saved: list[dict], size: int, iterations: int) -> list[dict]:
+    """The single and auto rows of an earlier run at this size and iterations, if any."""
+    found = [
+        row
+        for row in saved
+        if row["scales"] in ("single", "auto")
+        and row["schedule"][-1] == size
+        and row.get("iterations", row["evaluations"] // len(row["schedule"])) == iterations
+    ]
+    return found if [r["scales"] for r in found] == ["single", "auto"] else []
 
 
 def side_by_side(rows: list[dict], out: Path) -> None:
@@ -76,14 +96,27 @@ def main() -> None:
         "--iterations", type=int, default=StyleParams().iterations, help="per scale, at most"
     )
     parser.add_argument("--out", type=Path, help="where to write the crops side by side")
+    parser.add_argument("--equal-time", action="store_true", help="add one scale given auto's time")
     args = parser.parse_args()
-    rows = [run(args.size, None, args.iterations), run(args.size, "auto", args.iterations)]
-    if args.out:
+    saved = RESULTS.read_text() if RESULTS.exists() else "[]"
+    measured = _measured_before(json.loads(saved), args.size, args.iterations)
+    if args.equal_time and len(measured) == 2:
+        rows = measured
+    else:
+        rows = [run(args.size, None, args.iterations), run(args.size, "auto", args.iterations)]
+    if args.equal_time:
+        single, auto = rows[0], rows[1]
+        iterations = round(args.iterations * auto["seconds"] / single["seconds"])
+        rows.append(run(args.size, None, iterations) | {"scales": "single, auto's time"})
+    if args.out and all("image" in row for row in rows):
         side_by_side(rows, args.out)
     results = [{k: v for k, v in row.items() if k != "image"} for row in rows]
-    (ROOT / "bench" / "results" / "scales.json").write_text(json.dumps(results, indent=2))
+    for row in results:
+        row["iterations"] = row.get("iterations", args.iterations)
+    RESULTS.write_text(json.dumps(results, indent=2))
     lines = [
-        f"`python -m bench.scales --size {args.size} --iterations {args.iterations}` on "
+        f"`python -m bench.scales --size {args.size} --iterations {args.iterations}"
+        f"{' --equal-time' if args.equal_time else ''}` on "
         f"{machine()}; {results[0]['pairs']}"
         f"{'' if (SHARED / 'tubingen.jpg').exists() else ' (the sample photos were missing)'}"
         f"; look scored at {LOOK_SIZE} px:",
