@@ -14,9 +14,9 @@ import time
 
 import torch
 
+from nst_core.engine.loop import network_for
 from nst_core.engine.losses import content_loss
 from nst_core.engine.params import StyleParams
-from nst_core.engine.vgg import load_vgg
 
 # The tutorial's budget: the baseline's loss evaluations per image in every benchmark.
 EVALUATIONS = 300
@@ -52,8 +52,7 @@ def run_baseline(
     content: torch.Tensor, style: torch.Tensor, params: StyleParams, evaluations: int = EVALUATIONS
 ):
     """Returns (image, trace) where trace is [(seconds, evaluation, loss)] for every call."""
-    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
-    vgg = load_vgg(layers, params.weights, params.pooling, str(content.device))
+    vgg = network_for(params, content.device)
     with torch.no_grad():
         content_targets = {n: vgg(content)[n] for n in params.content_layers}
         style_feats = vgg(style)

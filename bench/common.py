@@ -12,9 +12,9 @@ import torch
 from nst_core.batch import demo
 from nst_core.batch.jobs import Job
 from nst_core.engine import images
+from nst_core.engine.loop import network_for
 from nst_core.engine.losses import content_loss, gram, style_loss
 from nst_core.engine.params import StyleParams
-from nst_core.engine.vgg import load_vgg
 
 # The project's sample photos; NST_BENCH_IMAGES points elsewhere (a device machine, where
 # only the repository travels and the photos come as a carried folder).
@@ -63,8 +63,7 @@ class Evaluator:
 
     def __init__(self, content, style, params: StyleParams):
         self.params = params
-        layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
-        self.vgg = load_vgg(layers, params.weights, params.pooling, "cpu")
+        self.vgg = network_for(params, "cpu")
         content_t, style_t = tensors(content, style, params.size, params.style_scale)
         with torch.no_grad():
             self.content_targets = {n: self.vgg(content_t)[n] for n in params.content_layers}

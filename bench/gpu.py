@@ -464,8 +464,7 @@ class Bench:
     def _network(self, batch: int, *, bf16: bool, nhwc: bool, compiled: bool = False):
         """(VGG forward + input gradient through relu5_1, its input) as the engine runs it."""
         params = StyleParams()
-        layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
-        vgg = load_vgg(layers, params.weights, params.pooling, self.device)
+        vgg = network_for(params, self.device)
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         vgg = vgg.to(memory_format=fmt)
         forward = torch.compile(vgg) if compiled else vgg

@@ -64,7 +64,7 @@ def _measured_before(saved: list[dict], size: int, iterations: int) -> list[dict
         for row in saved
         if row["scales"] in ("single", "auto")
         and row["schedule"][-1] == size
-        and row.get("iterations", row["evaluations"] // len(row["schedule"])) == iterations
+        and row.get("iterations") == iterations
     ]
     return found if [r["scales"] for r in found] == ["single", "auto"] else []
 
@@ -98,12 +98,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where to write the crops side by side")
     parser.add_argument("--equal-time", action="store_true", help="add one scale given auto's time")
     args = parser.parse_args()
-    saved = RESULTS.read_text() if RESULTS.exists() else "[]"
-    measured = _measured_before(json.loads(saved), args.size, args.iterations)
-    if args.equal_time and len(measured) == 2:
-        rows = measured
-    else:
-        rows = [run(args.size, None, args.iterations), run(args.size, "auto", args.iterations)]
+    measured = []
+    if args.equal_time and RESULTS.exists():
+        measured = _measured_before(json.loads(RESULTS.read_text()), args.size, args.iterations)
+    rows = measured or [
+        run(args.size, None, args.iterations),
+        run(args.size, "auto", args.iterations),
+    ]
     if args.equal_time:
         single, auto = rows[0], rows[1]
         iterations = round(args.iterations * auto["seconds"] / single["seconds"])
@@ -111,8 +112,6 @@ def main() -> None:
     if args.out and all("image" in row for row in rows):
         side_by_side(rows, args.out)
     results = [{k: v for k, v in row.items() if k != "image"} for row in rows]
-    for row in results:
-        row["iterations"] = row.get("iterations", args.iterations)
     RESULTS.write_text(json.dumps(results, indent=2))
     lines = [
         f"`python -m bench.scales --size {args.size} --iterations {args.iterations}"

@@ -72,7 +72,7 @@ def _find_work(plan: Plan, only_jobs, force: bool, shards: int, done_after) -> _
     job_device = pending[0].params.device if pending else "cpu"
     device_list = devices_for(job_device)
     budget = units.memory_budget_bytes(device_list[0])
-    host_history = device_list[0].startswith("cuda")  # the host is the CPU's device
+    host_history = units.history_may_go_to_host(device_list[0])
     fitting, unfit = units.split_unfit(pending, budget, host_history=host_history)
     work = units.plan_units(fitting, budget)
     shard_lists = sharding.split(work, shards) if shards > 1 else []
@@ -227,9 +227,10 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
         where = f"the parent's summary ({shard_name.rsplit('-shard-', 1)[0]})"
     else:
         layout = RunLayout(plan.output)
-        _publish_artifacts(summary, layout)  # first: they need no storage, which may have broken
+        markdown = report.markdown_report(summary, layout)  # the artifact's and report.md's
+        _publish_artifacts(summary, markdown)  # first: they need no storage, which may have broken
         try:
-            summary.run_folder = _write_results(layout, summary)
+            summary.run_folder = _write_results(layout, summary, markdown)
             where = f"{summary.run_folder}/summary.json"
         except storage.StorageError as exc:
             unwritten = exc
@@ -242,10 +243,10 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
     return summary
 
 
-def _write_results(layout: RunLayout, summary: Summary) -> str:
+def _write_results(layout: RunLayout, summary: Summary, markdown: str) -> str:
     run = summary.run
     storage.write_bytes(layout.summary(run), summary.to_json())
-    storage.write_bytes(layout.report(run), report.markdown_report(summary, layout).encode())
+    storage.write_bytes(layout.report(run), markdown.encode())
     thumbnails = {}
     try:
         shown = gallery.collect(layout, summary)
@@ -265,7 +266,7 @@ def _write_results(layout: RunLayout, summary: Summary) -> str:
     return layout.run_folder(run)
 
 
-def _publish_artifacts(summary: Summary, layout: RunLayout) -> None:
+def _publish_artifacts(summary: Summary, markdown: str) -> None:
     rows = [
         {
             "job": e.label,
@@ -278,4 +279,4 @@ def _publish_artifacts(summary: Summary, layout: RunLayout) -> None:
         for e in summary.jobs
     ]
     create_table_artifact(rows, key="stylize-batch-jobs", description=summary.run)
-    create_markdown_artifact(report.markdown_report(summary, layout), key="stylize-batch-report")
+    create_markdown_artifact(markdown, key="stylize-batch-report")

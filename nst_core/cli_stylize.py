@@ -94,7 +94,8 @@ def fit_memory(job: jobs.Job) -> jobs.Job:
 
     device = devices_for(job.params.device)[0]
     budget = units.memory_budget_bytes(device)
-    fitting, unfit = units.split_unfit([job], budget, host_history=device.startswith("cuda"))
+    host_history = units.history_may_go_to_host(device)
+    fitting, unfit = units.split_unfit([job], budget, host_history=host_history)
     if unfit:
         ((_, need),) = unfit
         raise ImageError(f"{job.content}: {units.unfit_reason(job, need, budget)}")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from nst_core.batch.jobs import Job
 from nst_core.engine.images import fit_size
 from nst_core.engine.layers import channels, pools_through
-from nst_core.engine.params import StyleParams
+from nst_core.engine.params import StyleParams, network_layers
 from nst_core.engine.tiles import Tiling
 
 # Bytes per output pixel per pair for the network's activations and gradients, by precision.
@@ -98,8 +98,7 @@ def _lbfgs_history_bytes_per_pixel(params: StyleParams) -> int:
 
 def tiling_for(params: StyleParams, tile: int) -> Tiling:
     """The tiles the engine uses for `params` at a tile size of `tile`."""
-    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
-    return Tiling.for_layers(tile, layers)
+    return Tiling.for_layers(tile, network_layers(params))
 
 
 def job_bytes(job: Job) -> int | None:
@@ -213,6 +212,12 @@ def _hosted(job: Job, host_history: bool) -> Job | None:
     if history > host_memory_bytes() / 2:
         return None
     return replace(job, params=params.model_copy(update={"lbfgs_history_on": "host"}))
+
+
+def history_may_go_to_host(device: str) -> bool:
+    """Whether the planner may move L-BFGS's history off `device` into host memory: only off
+    a GPU; a CPU's memory is the host's."""
+    return device.startswith("cuda")
 
 
 def host_memory_bytes() -> int:

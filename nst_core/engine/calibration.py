@@ -118,12 +118,11 @@ def time_step(device: torch.device, precision: str, side: int, repeats: int | No
     """Median seconds of VGG19's forward + input gradient through the default layers at
     side x side, channels_last, after a warm-up, in `precision` (the probe: one step)."""
     repeats = repeats or (1 if side <= PROBE_SIDE else 3)
-    from nst_core.engine.params import StyleParams
+    from nst_core.engine.params import StyleParams, network_layers
     from nst_core.engine.vgg import load_vgg
 
     params = StyleParams()
-    layers = tuple(dict.fromkeys(params.content_layers + params.style_layers))
-    network = load_vgg(layers, params.weights, params.pooling, str(device))
+    network = load_vgg(network_layers(params), params.weights, params.pooling, str(device))
     network = network.to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, side, side, device=device).contiguous(memory_format=torch.channels_last)
     times = []

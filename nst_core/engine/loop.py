@@ -31,7 +31,7 @@ from nst_core.engine import images
 from nst_core.engine.devices import resolve_device, resolve_precision
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features, Objective
-from nst_core.engine.params import StyleParams
+from nst_core.engine.params import StyleParams, network_layers
 from nst_core.engine.steppers import OPTIMIZERS, Optimizer, Stepper
 from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
@@ -56,11 +56,6 @@ class Result:
     batch_size: int
     device: str
     precision: str
-
-
-def network_layers(params: StyleParams) -> tuple[str, ...]:
-    """The layers the network must return for these settings, content layers first."""
-    return tuple(dict.fromkeys(params.content_layers + params.style_layers))
 
 
 def network_for(params: StyleParams, device: torch.device | str) -> torch.nn.Module:

@@ -277,6 +277,11 @@ class StyleParams(BaseModel):
         )
 
 
+def network_layers(params: StyleParams) -> tuple[str, ...]:
+    """The layers the network must return for these settings, content layers first."""
+    return tuple(dict.fromkeys(params.content_layers + params.style_layers))
+
+
 def parse_params(
     values: dict,
     *,
