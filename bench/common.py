@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from nst_core.batch import demo
-from nst_core.batch.jobs import Job
+from nst_core.batch.jobs import InputFile, Job
 from nst_core.engine import images
+from nst_core.engine.execution import Execution
 from nst_core.engine.loop import network_for
 from nst_core.engine.losses import content_loss, gram, style_loss
 from nst_core.engine.params import StyleParams
@@ -127,4 +128,13 @@ def write_section(name: str, body: str) -> None:
 def planning_job(params: StyleParams, width: int, height: int) -> Job:
     """A job of `params` on a content of width x height, for the planner (units.py) alone:
     its URIs and hashes are placeholders, never read."""
-    return Job("c", "0" * 64, (("s", 1.0),), ("1" * 64,), params, "k", "o", "r", (width, height))
+    return Job(
+        content_file=InputFile("c", "0" * 64, pixels=(width, height)),
+        style_files=(InputFile("s", "1" * 64),),
+        weights=(1.0,),
+        params=params,
+        key="k",
+        output="o",
+        record="r",
+        execution=Execution.asked(params),
+    )

@@ -11,7 +11,6 @@ tests/test_gallery.py builds pages from when no engine run is needed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from bench.common import machine, write_section
 from nst_core.batch import storage
-from nst_core.batch.jobs import make_job
+from nst_core.batch.jobs import InputFile, make_job, probe_input
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.records import JobEntry, Losses, Record, Summary
 from nst_core.engine.params import StyleParams
@@ -95,18 +94,22 @@ def synthetic_run(
     style_uris = [f"{root}/paintings/{name}" for name in styles]
     for seed, uri in enumerate(content_uris + style_uris):
         storage.write_bytes(uri, _picture(seed, size if uri in content_uris else (40, 40)))
-    shas: dict[str, str] = {}
+    planned: dict[str, InputFile] = {}
 
-    def sha_of(uri: str) -> str:
-        if uri not in shas:
-            shas[uri] = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
-        return shas[uri]
+    def input_file(uri: str) -> InputFile:
+        if uri not in planned:
+            planned[uri] = probe_input(uri, storage.read_bytes(uri))
+        return planned[uri]
 
     layout, rng, entries = RunLayout(f"{root}/out"), random.Random(0), []
     for c, content in enumerate(content_uris):
         for s, style in enumerate(style_uris):
             job = make_job(
-                content, ((style, 1.0),), params, output_dir=layout.base, fmt="png", sha_of=sha_of
+                input_file(content),
+                ((input_file(style), 1.0),),
+                params,
+                output_dir=layout.base,
+                fmt="png",
             )
             if (c, s) in failed:
                 why = error or f"{storage.name(content)}: truncated or corrupt image (made up)"

@@ -438,17 +438,16 @@ class Bench:
         fitting, unfit = split_unfit([job], budget, host_history=self.cuda)
         if unfit:
             return {"skipped": unfit_reason(job, unfit[0][1], budget)}
-        planned = fitting[0].params
-        pair = Pair(self.content, [self.style], planned)
-        stylize_batch(
-            [Pair(self.content, [self.style], planned.model_copy(update={"iterations": 1}))]
-        )
+        execution = fitting[0].execution.on(self.device)
+        pair = Pair(self.content, [self.style], params)
+        warm_up = Pair(self.content, [self.style], params.model_copy(update={"iterations": 1}))
+        stylize_batch([warm_up], execution=execution)
         base = self.reset_peak()
-        times, (results,) = self.timed(lambda: stylize_batch([pair]), 1)
+        times, (results,) = self.timed(lambda: stylize_batch([pair], execution=execution), 1)
         return {
             "output": [width, height],
             "tiling": results[0].tiling,
-            "lbfgs_history_on": planned.lbfgs_history_on,
+            "lbfgs_history_on": execution.history_on,
             "evaluations": results[0].evaluations,
             "s": times[0],
             "s_per_evaluation": times[0] / results[0].evaluations,

@@ -148,7 +148,7 @@ def _planned_tile(params: StyleParams, width: int, height: int, budget: int) -> 
     planned = units.in_tiles(planning_job(params, width, height), budget)
     if planned is None:
         raise SystemExit(f"{width}x{height} does not fit {budget / 2**30:.2f} GB in tiles")
-    return planned.params.tile
+    return planned.execution.tile
 
 
 def memory(sizes) -> list[dict]:

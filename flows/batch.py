@@ -24,9 +24,9 @@ from nst_core.batch import gallery, records, report, runner, storage, units
 from nst_core.batch.jobs import Job, build_jobs
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import Plan, load_plan
+from nst_core.batch.memory_plan import plan_memory
 from nst_core.batch.records import DryRun, JobEntry, Record, Summary
 from nst_core.batch.roots import Roots
-from nst_core.engine.devices import devices_for
 from nst_core.errors import NstError
 
 
@@ -60,21 +60,19 @@ class _Work:
     shard_lists: list[list[Job]]
 
 
-def _find_work(plan: Plan, only_jobs, force: bool, shards: int, done_after) -> _Work:
-    all_jobs = _select(build_jobs(plan), only_jobs, plan.uri)
+def _find_work(plan: Plan, roots: Roots, only_jobs, force: bool, shards: int, done_after):
+    all_jobs = _select(build_jobs(plan, read_roots=roots.read), only_jobs, plan.uri)
     # Each record is read once: it decides done-ness and, for skipped jobs, the summary line.
     # A sharded parent reads them even with `force`: it tells new records from old by them.
     read = not force or shards > 1
     found = {j.key: records.read_record(j.record) for j in all_jobs} if read else {}
-    is_done = sharding.completed_since(done_after)
-    done = {j.key for j in all_jobs if not force and is_done(j, found.get(j.key))}
+    done = {
+        j.key for j in all_jobs if not force and records.done(j, found.get(j.key), since=done_after)
+    }
     pending = [j for j in all_jobs if j.key not in done]
     job_device = pending[0].params.device if pending else "cpu"
-    device_list = devices_for(job_device)
-    budget = units.memory_budget_bytes(device_list[0])
-    host_history = units.history_may_go_to_host(device_list[0])
-    fitting, unfit = units.split_unfit(pending, budget, host_history=host_history)
-    work = units.plan_units(fitting, budget)
+    memory = plan_memory(pending, job_device)
+    work = units.plan_units(memory.fitting, memory.budget)
     shard_lists = sharding.split(work, shards) if shards > 1 else []
     return _Work(
         plan=plan,
@@ -83,10 +81,10 @@ def _find_work(plan: Plan, only_jobs, force: bool, shards: int, done_after) -> _
         done=done,
         pending=pending,
         device=job_device,
-        devices=device_list,
-        budget=budget,
+        devices=memory.devices,
+        budget=memory.budget,
         units=work,
-        unfit=unfit,
+        unfit=memory.unfit,
         shard_lists=shard_lists,
     )
 
@@ -143,7 +141,7 @@ def stylize_batch(
         raise NstError(f"shards: must be 1 or more, got {shards}")
     roots = Roots.of(read_roots, write_roots)
     plan = load_plan(manifest, overrides=params, roots=roots, expect_sha256=manifest_sha256)
-    work = _find_work(plan, only_jobs, force, shards, done_after)
+    work = _find_work(plan, roots, only_jobs, force, shards, done_after)
     _log_plan(work, runner_name)
     if dry_run:
         return DryRun(
@@ -173,7 +171,7 @@ def stylize_batch(
             entries |= run_units(work.units, place, force, description, embedded_server)
     ordered = [entries[j.key] for j in work.all_jobs]
     summary = Summary.of(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
-    return _finish(summary, plan, shard_name)
+    return _finish(summary, plan, shard_name, work.all_jobs)
 
 
 def _log_plan(work: _Work, runner_name: str) -> None:
@@ -219,7 +217,7 @@ def _run_shards(
     return {e.key: e for e in sharding.entries_after(work.pending, work.records, unfinished)}
 
 
-def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
+def _finish(summary: Summary, plan: Plan, shard_name: str | None, jobs: list[Job]) -> Summary:
     """Write the summary, report and pictures (a shard leaves that to its parent), publish
     the artifacts, and fail the run when any job failed."""
     totals, unwritten = summary.totals, None
@@ -230,7 +228,7 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
         markdown = report.markdown_report(summary, layout)  # the artifact's and report.md's
         _publish_artifacts(summary, markdown)  # first: they need no storage, which may have broken
         try:
-            summary.run_folder = _write_results(layout, summary, markdown)
+            summary.run_folder = _write_results(layout, summary, markdown, jobs)
             where = f"{summary.run_folder}/summary.json"
         except storage.StorageError as exc:
             unwritten = exc
@@ -243,13 +241,16 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None) -> Summary:
     return summary
 
 
-def _write_results(layout: RunLayout, summary: Summary, markdown: str) -> str:
+def _write_results(layout: RunLayout, summary: Summary, markdown: str, jobs: list[Job]) -> str:
     run = summary.run
     storage.write_bytes(layout.summary(run), summary.to_json())
     storage.write_bytes(layout.report(run), markdown.encode())
     thumbnails = {}
+    # What the run already holds: records read or written, and each input's planned hash.
+    known = {e.key: e.found for e in summary.jobs if e.found is not None}
+    shas = {f.uri: f.sha256 for job in jobs for f in job.inputs}
     try:
-        shown = gallery.collect(layout, summary)
+        shown = gallery.collect(layout, summary, known, shas)
         gallery.write_page(layout, shown)
         thumbnails = shown.thumbnail_uris(layout)
     except storage.StorageError:

@@ -18,11 +18,10 @@ from nst_core.cli import (
     EXIT_FAILED,
     READ_ROOT_HELP,
     WRITE_ROOT_HELP,
-    _parse_overrides,
-    _roots,
     app,
     main,
 )
+from nst_core.cli_options import parse_overrides, roots_of
 from nst_core.errors import NstError
 
 # Before anything imports Prefect: its settings are read once, at import. The embedded
@@ -65,8 +64,8 @@ def run(
     from flows.runners import task_runner_name
     from nst_core.batch.manifest import load_plan
 
-    overrides = _parse_overrides(param)
-    roots = _roots(read_root, write_root)
+    overrides = parse_overrides(param)
+    roots = roots_of(read_root, write_root)
     # Exit 2 before Prefect starts.
     plan = load_plan(manifest, overrides=overrides, overrides_label="--param", roots=roots)
     task_runner_name(task_runner)  # exit 2 on an unknown runner, before Prefect starts
@@ -87,6 +86,8 @@ def run(
         shards=shards,
         read_roots=list(roots.read) if roots.read is not None else None,
         write_roots=list(roots.write) if roots.write is not None else None,
+        # The flow runs the bytes validated here, or refuses a manifest changed since.
+        manifest_sha256=plan.sha256,
         # Unset, the flow's own default applies: one place says how long a batch may take.
         **({"shard_timeout_s": shard_timeout} if shard_timeout else {}),
         embedded_server=embedded,

@@ -99,7 +99,7 @@ def stylize_unit(
             device,
             cache=_GRAM_CACHE,
             on_job=lambda o: _log_outcome(logger, o),
-            options=runner.UnitOptions(force=force),
+            options=runner.UnitOptions(force=force, unit=label, warn=logger.warning),
         )
     return [
         JobEntry.of(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)

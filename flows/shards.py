@@ -14,7 +14,6 @@ carry idempotency keys, so a retried parent finds its children instead of starti
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -127,7 +126,7 @@ def entries_after(
     for job in pending:
         record = records.read_record(job.record)
         fresh = record is not None and record != before.get(job.key)
-        if fresh and record.completes(job):
+        if fresh and records.done(job, record):
             seconds = _seconds(record)
             entries.append(JobEntry.of(job, "completed", record=record, seconds=seconds))
         elif fresh and record.status == "failed" and record.key == job.key:
@@ -144,21 +143,3 @@ def _seconds(record: Record) -> float | None:
     if "optimize_s" not in timings:
         return None
     return float(timings["optimize_s"]) + float(timings.get("read_s", 0.0))
-
-
-def completed_since(cutoff: str | None):
-    """The done-test a child uses: with `cutoff` (the parent's start, for `force`), a record
-    counts as done only when it was written after it."""
-    if cutoff is None:
-        return records.completed
-    start = datetime.fromisoformat(cutoff)
-
-    def done(job: jobs.Job, record: Record | None) -> bool:
-        if not records.completed(job, record):
-            return False
-        try:
-            return datetime.fromisoformat(record.created_at) >= start
-        except ValueError:
-            return False
-
-    return done

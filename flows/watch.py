@@ -59,14 +59,15 @@ def watch_inbox(
     logger = get_run_logger()
     roots = drop_box.roots_for(inbox, read_roots, write_roots)
     _drop_missed_ticks(inbox, logger)
-    settled = _settle(inbox, logger)
+    settled, held = _settle(inbox, logger)
     started, rejected = [], []
     me = str(flow_run.id)
     for manifest in drop_box.list_manifests(inbox):
         try:
             claim_id = drop_box.claim(manifest, me)
-            if claim_id is None:
-                continue  # another watcher has it, or its batch is running
+            if claim_id is None:  # another watcher has it, or its batch is running
+                logger.info("%s: left alone: %s", manifest, _held_by(held.get(manifest)))
+                continue
             outcome = _start(manifest, claim_id, deployment, roots, logger)
             (started if outcome == "started" else rejected).append(manifest)
         except Exception as exc:  # one bad file never stops the watcher
@@ -100,20 +101,53 @@ def _start(manifest: str, claim_id: str, deployment: str, roots: Roots, logger) 
     return "started"
 
 
-def _settle(inbox_uri: str, logger) -> list[str]:
-    settled = []
+def _held_by(claim: drop_box.Claim | None) -> str:
+    """Why a manifest is not this tick's to start, from its claim as this tick found it."""
+    if claim is None:
+        return "claimed by another watcher during this tick"
+    since = f"claimed by {claim.owner[:80]!r} at {claim.claimed_at.isoformat()}"
+    if claim.flow_run_name:
+        return f"{since}; its batch {claim.flow_run_name} has not ended"
+    return f"{since}; its batch is being started"
+
+
+def _settle(inbox_uri: str, logger) -> tuple[list[str], dict[str, drop_box.Claim]]:
+    """File the manifests whose batches ended; release claims that can never lead to a
+    batch. Returns what was filed, and the claims still held, by manifest."""
+    settled, held = [], {}
     claims, foreign = drop_box.list_claims(inbox_uri)
     for line in foreign:
         logger.warning("%s", line)
+    now = datetime.now(UTC)
     with get_client(sync_client=True) as client:
         for claim in claims:
             try:
                 if claim.flow_run_id is None:
-                    if datetime.now(UTC) - claim.claimed_at > STALE_CLAIM:
+                    if claim.claimed_at - now > drop_box.CLOCK_SKEW:
+                        # No watcher writes that: a planted or broken claim would hold its
+                        # manifest for good.
+                        logger.warning(
+                            "%s: claimed by %r at %s, in the future beyond the clock skew "
+                            "allowance (%s); released",
+                            claim.uri,
+                            claim.owner[:80],
+                            claim.claimed_at.isoformat(),
+                            drop_box.CLOCK_SKEW,
+                        )
                         drop_box.release(claim.manifest)
+                    elif now - claim.claimed_at > STALE_CLAIM:
+                        logger.warning(
+                            "%s: claimed at %s and never started (its watcher died?); released",
+                            claim.uri,
+                            claim.claimed_at.isoformat(),
+                        )
+                        drop_box.release(claim.manifest)
+                    else:
+                        held[claim.manifest] = claim
                     continue
                 run = client.read_flow_run(claim.flow_run_id)
                 if not run.state or not run.state.is_final():
+                    held[claim.manifest] = claim
                     continue
                 outcome = drop_box.DONE if run.state.is_completed() else drop_box.FAILED
                 drop_box.file_away(
@@ -123,7 +157,8 @@ def _settle(inbox_uri: str, logger) -> list[str]:
                 logger.info("%s: %s, filed in %s/", claim.manifest, run.state.name, outcome)
             except Exception as exc:  # one bad claim never stops the watcher
                 logger.error("%s: cannot settle its claim: %s", claim.uri, exc)
-    return settled
+                held[claim.manifest] = claim
+    return settled, held
 
 
 def _run_details(claim: drop_box.Claim, run) -> dict:

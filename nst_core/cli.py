@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from nst_core.cli_gallery import gallery
+from nst_core.cli_options import parse_overrides, roots_of
 from nst_core.errors import NstError, ParamsError
 
 app = typer.Typer(
@@ -145,7 +146,8 @@ def stylize(
 ) -> None:
     """Stylise CONTENT with one or more STYLES and write OUT plus OUT's .json record."""
     from nst_core.cli_stylize import check_output, fit_memory, one_job, stylize_file
-    from nst_core.engine.params import StyleParams, parse_params
+    from nst_core.engine.params import StyleParams
+    from nst_core.engine.params_parsing import parse_params
 
     # Every option named like a StyleParams field is that field; lists come comma-separated.
     given = {k: v for k, v in locals().items() if k in StyleParams.model_fields}
@@ -157,22 +159,6 @@ def stylize(
     typer.echo(stylize_file(fit_memory(one_job(content, styles, blend, params, out))))
 
 
-def _parse_overrides(pairs: list[str] | None) -> dict:
-    """`key=value` options -> dict; values are YAML scalars or lists (50, 1e4, [a, b])."""
-    import yaml
-
-    overrides = {}
-    for item in pairs or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ParamsError([f"--param: expected key=value, got {item!r}"])
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            overrides[key.strip()] = value
-    return overrides
-
-
 MAX_JOBS_HELP = "Refuse manifests that expand to more jobs than this."
 READ_ROOT_HELP = (
     "Inputs must lie under this folder or s3:// prefix (repeatable); default: anywhere."
@@ -180,12 +166,6 @@ READ_ROOT_HELP = (
 WRITE_ROOT_HELP = (
     "The output must lie under this folder or s3:// prefix (repeatable); default: anywhere."
 )
-
-
-def _roots(read_root: list[str] | None, write_root: list[str] | None):
-    from nst_core.batch.roots import Roots
-
-    return Roots.of(read_root or None, write_root or None)
 
 
 @app.command()
@@ -198,7 +178,7 @@ def validate(
     """Check a manifest; print OK with its job count, or every problem (exit 2)."""
     from nst_core.batch.manifest import load_plan
 
-    plan = load_plan(manifest, max_jobs=max_jobs, roots=_roots(read_root, write_root))
+    plan = load_plan(manifest, max_jobs=max_jobs, roots=roots_of(read_root, write_root))
     typer.echo(f"OK: {plan.summary()}")
 
 
@@ -216,15 +196,15 @@ def plan(
 
     loaded = load_plan(
         manifest,
-        overrides=_parse_overrides(param),
+        overrides=parse_overrides(param),
         overrides_label="--param",
         max_jobs=max_jobs,
-        roots=_roots(read_root, write_root),
+        roots=roots_of(read_root, write_root),
     )
     done = 0
     all_jobs = jobs.build_jobs(loaded)
     for job in all_jobs:
-        finished = records.is_done(job)
+        finished = records.done(job, records.read_record(job.record))
         done += finished
         typer.echo(f"{'done   ' if finished else 'pending'}  {job.output}")
     typer.echo(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nst_core.batch import jobs, runner
+from nst_core.engine.execution import Execution
 from nst_core.engine.params import StyleParams
 from nst_core.errors import ImageError
 
@@ -63,43 +65,36 @@ def one_job(
     content: Path, styles: list[Path], blend: list[float] | None, params: StyleParams, out: Path
 ) -> jobs.Job:
     """The job `nst stylize` runs: its key is the batch key of the same inputs and format.
-    Missing or unreadable files are refused here; undecodable ones by the runner's load."""
-    from nst_core.engine.images import probe_size
-
-    content_bytes = read_input(content, "content")
-    style_bytes = [read_input(path, "style") for path in styles]
+    Missing or unreadable files are refused here; undecodable ones by the runner's load,
+    which also refuses a file changed since it was read here."""
+    content_file = jobs.probe_input(str(content), read_input(content, "content"))
+    style_files = [jobs.probe_input(str(path), read_input(path, "style")) for path in styles]
     weights = blend or [1.0] * len(styles)
-    content_sha = jobs.sha256(content_bytes)
-    style_shas = tuple(jobs.sha256(data) for data in style_bytes)
     fmt = out.suffix.lstrip(".").lower()
-    pairs = list(zip(style_shas, weights, strict=True))
+    pairs = [(f.sha256, w) for f, w in zip(style_files, weights, strict=True)]
     return jobs.Job(
-        content=str(content),
-        content_sha=content_sha,
-        styles=tuple((str(p), w) for p, w in zip(styles, weights, strict=True)),
-        style_shas=style_shas,
+        content_file=content_file,
+        style_files=tuple(style_files),
+        weights=tuple(float(w) for w in weights),
         params=params,
-        key=jobs.job_key(content_sha, pairs, params, fmt),
+        key=jobs.job_key(content_file.sha256, pairs, params, fmt),
         output=str(out),
         record=str(out.with_suffix(".json")),
-        content_size=probe_size(content_bytes),  # header only: the memory plan needs it
+        execution=Execution.asked(params),
     )
 
 
 def fit_memory(job: jobs.Job) -> jobs.Job:
     """The job as the memory budget lets it run (in tiles when it does not fit whole), as
     a batch would plan it; ImageError before any work when it fits not even in tiles."""
-    from nst_core.batch import units
-    from nst_core.engine.devices import devices_for
+    from nst_core.batch.memory_plan import plan_memory
 
-    device = devices_for(job.params.device)[0]
-    budget = units.memory_budget_bytes(device)
-    host_history = units.history_may_go_to_host(device)
-    fitting, unfit = units.split_unfit([job], budget, host_history=host_history)
-    if unfit:
-        ((_, need),) = unfit
-        raise ImageError(f"{job.content}: {units.unfit_reason(job, need, budget)}")
-    return fitting[0]
+    planned = plan_memory([job], job.params.device)
+    if planned.unfit:
+        ((_, need),) = planned.unfit
+        raise ImageError(f"{job.content}: {planned.reason(job, need)}")
+    (fitted,) = planned.fitting
+    return replace(fitted, execution=fitted.execution.on(planned.devices[0]))
 
 
 def stylize_file(job: jobs.Job) -> str:
@@ -119,7 +114,7 @@ def stylize_file(job: jobs.Job) -> str:
         options = runner.UnitOptions(
             force=True, claim=False, record_failures=False, progress=progress
         )
-        (outcome,) = runner.run_unit([job], job.params.device, options=options)
+        (outcome,) = runner.run_unit([job], job.execution.device, options=options)
     if outcome.status != "completed":
         raise ImageError(outcome.error or f"{job.content}: not stylised")
     record = outcome.record

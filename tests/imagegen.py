@@ -86,3 +86,31 @@ def completed_record(job, **fields):
 
     record = Record.failed(job, "").model_copy(update={"status": "completed", "error": None})
     return record.model_copy(update=fields)
+
+
+def job_for(content, styles, params, *, output_dir, fmt="png", sha_of=None, **kwargs):
+    """A planned job over `content` and `styles` ((uri, weight) pairs), as the planner makes
+    one: each input hashed and probed from its bytes in storage, or, with `sha_of`, given
+    that hash and no bytes at all (nothing is read)."""
+    from nst_core.batch import jobs, storage
+
+    def planned(uri: str):
+        if sha_of is not None:
+            return jobs.InputFile(uri=uri, sha256=sha_of(uri))
+        return jobs.probe_input(uri, storage.read_bytes(uri))
+
+    return jobs.make_job(
+        planned(str(content)),
+        tuple((planned(str(uri)), weight) for uri, weight in styles),
+        params,
+        output_dir=output_dir,
+        fmt=fmt,
+        **kwargs,
+    )
+
+
+def is_done(job) -> bool:
+    """Whether the record beside `job`'s output says it is done (read once, as a run does)."""
+    from nst_core.batch import records
+
+    return records.done(job, records.read_record(job.record))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_runner import run_cli
-from imagegen import TINY_MANIFEST, job_records, png_bytes, scene, stripes, write_batch
+from imagegen import TINY_MANIFEST, job_for, job_records, png_bytes, scene, stripes, write_batch
 
-from nst_core.batch import jobs, runner, storage, units
+from nst_core.batch import runner, storage, units
 from nst_core.engine.params import StyleParams
 
 
@@ -114,13 +114,12 @@ def test_an_input_that_grew_after_validation_fails_its_job_without_being_read_wh
     style.write_bytes(png_bytes(stripes()))
     content = tmp_path / "a.png"
     content.write_bytes(png_bytes(scene()))
-    job = jobs.make_job(
+    job = job_for(
         str(content),
         ((str(style), 1.0),),
         StyleParams(size=40, iterations=2, device="cpu"),
         output_dir=str(tmp_path / "out"),
         fmt="png",
-        sha_of=lambda uri: jobs.sha256(Path(uri).read_bytes()),
     )
     content.write_bytes(png_bytes(scene()) + b"\0" * 3 * 2**20)
     monkeypatch.setenv("NST_MAX_INPUT_MB", "2")

@@ -6,12 +6,20 @@ import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from imagegen import ONE_JOB_PER_UNIT_GB, TINY_MANIFEST, job_records, png_bytes, scene, write_batch
+from imagegen import (
+    ONE_JOB_PER_UNIT_GB,
+    TINY_MANIFEST,
+    is_done,
+    job_for,
+    job_records,
+    png_bytes,
+    scene,
+    write_batch,
+)
 
-from nst_core.batch import claims, jobs, records, runner, storage
+from nst_core.batch import claims, jobs, runner, storage
 from nst_core.engine.params import StyleParams
 
 PARAMS = StyleParams(size=40, iterations=3, device="cpu", precision="fp32")
@@ -23,13 +31,12 @@ def unit(tmp_path) -> list[jobs.Job]:
     for name, seed in (("a.png", 1), ("b.png", 2), ("s1.png", 3), ("s2.png", 4)):
         (tmp_path / name).write_bytes(png_bytes(scene(seed=seed)))
     return [
-        jobs.make_job(
+        job_for(
             str(tmp_path / content),
             ((str(tmp_path / style), 1.0),),
             PARAMS,
             output_dir=str(tmp_path / "out"),
             fmt="png",
-            sha_of=lambda uri: jobs.sha256(Path(uri).read_bytes()),
         )
         for content in ("a.png", "b.png")
         for style in ("s1.png", "s2.png")
@@ -84,7 +91,7 @@ def test_two_runs_of_one_unit_at_once_compute_each_job_once(unit, engine_calls):
     for index, job in enumerate(unit):
         statuses = sorted(result[index].status for result in results)
         assert statuses in (["completed", "elsewhere"], ["completed", "skipped"]), statuses
-        assert records.is_done(job)
+        assert is_done(job)
     assert storage.list_prefix(claims.claims_folder(unit[0])) == []  # removed once recorded
 
 
@@ -92,14 +99,14 @@ def test_a_live_claim_leaves_the_job_to_its_holder_even_with_force(unit, engine_
     live = plant(unit[0], 1, expires_in_s=600)
     outcomes = runner.run_unit(unit, "cpu", options=runner.UnitOptions(force=True))
     assert [o.status for o in outcomes] == ["elsewhere", "completed", "completed", "completed"]
-    assert not records.is_done(unit[0]) and len(engine_calls) == 3
+    assert not is_done(unit[0]) and len(engine_calls) == 3
     assert storage.exists(live)  # the holder's claim is untouched
 
 
 def test_an_expired_claim_is_taken_over_and_removed(unit, engine_calls):
     stale = [plant(unit[0], 1, expires_in_s=-3600), plant(unit[0], 2, expires_in_s=-60)]
     outcomes = runner.run_unit(unit[:1], "cpu")
-    assert [o.status for o in outcomes] == ["completed"] and records.is_done(unit[0])
+    assert [o.status for o in outcomes] == ["completed"] and is_done(unit[0])
     assert not any(storage.exists(uri) for uri in stale)
     assert storage.list_prefix(claims.claims_folder(unit[0])) == []
 

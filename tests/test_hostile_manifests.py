@@ -29,14 +29,18 @@ QUICK_S = 2.0  # "quickly": generous on a busy 2-core machine; the work itself i
 
 @pytest.fixture
 def area(tmp_path) -> Path:
-    """work/ holds the manifest's inputs; outside/ is a neighbour no manifest should reach."""
-    work = tmp_path / "work"
+    """work/ holds the manifest's inputs; outside/ is a neighbour no manifest should reach.
+    Both sit one level below tmp_path, so `tree(area.parent.parent)` sees writes beside and
+    above them and nothing of the session's servers (SeaweedFS's data folder under the
+    session's temporary root grows on its own)."""
+    sandbox = tmp_path / "sandbox"
+    work = sandbox / "work"
     (work / "photos").mkdir(parents=True)
     (work / "paintings").mkdir()
     (work / "photos" / "a.png").write_bytes(png_bytes(scene(seed=1)))
     (work / "paintings" / "s.png").write_bytes(png_bytes(stripes(seed=1)))
-    (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "secret.png").write_bytes(png_bytes(scene(seed=9)))
+    (sandbox / "outside").mkdir()
+    (sandbox / "outside" / "secret.png").write_bytes(png_bytes(scene(seed=9)))
     return work
 
 
@@ -69,7 +73,7 @@ def no_flow(monkeypatch):
 
 def tree(root: Path) -> dict[str, tuple]:
     """Every file and folder under `root` with its size and modification time; called on
-    the folder above a test's tmp_path, so writes beside it would show too."""
+    the test's own tmp_path, above the manifest's folder, so writes beside it show too."""
     found = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from imagegen import job_for
 
 from nst_core.batch import jobs
 from nst_core.engine.params import StyleParams
@@ -48,7 +49,7 @@ def test_where_it_runs_is_not_part_of_the_key():
 
 def test_output_layout_and_names(tmp_path):
     shas = {"/in/my photo.jpg": "a" * 64, "/in/starry.png": "b" * 64, "/in/scream.png": "c" * 64}
-    job = jobs.make_job(
+    job = job_for(
         "/in/my photo.jpg",
         (("/in/starry.png", 0.7), ("/in/scream.png", 0.3)),
         PARAMS,
@@ -56,9 +57,9 @@ def test_output_layout_and_names(tmp_path):
         fmt="webp",
         sha_of=shas.__getitem__,
     )
-    assert re.fullmatch(r"s3://bucket/out/my_photo--starry\+scream--[0-9a-f]{8}\.webp", job.output)
+    assert re.fullmatch(r"s3://bucket/out/my_photo--starry\+scream--[0-9a-f]{16}\.webp", job.output)
     assert job.record == job.output.removesuffix(".webp") + ".json"
-    assert job.output.split("--")[-1].startswith(job.key[:8])
+    assert job.output.split("--")[-1].startswith(job.key[:16])
     assert job.style_shas == ("b" * 64, "c" * 64)
 
 

@@ -2,10 +2,11 @@
 written back byte for byte, and done-ness is read through them."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from imagegen import completed_record
+from imagegen import completed_record, is_done, job_for
 
 from nst_core.batch import jobs, records
 from nst_core.batch.records import JobEntry, Record, Summary
@@ -34,7 +35,7 @@ def test_the_old_completed_record_gives_its_losses_and_inputs():
 
 
 def job(tmp_path) -> jobs.Job:
-    return jobs.make_job(
+    return job_for(
         str(tmp_path / "c.png"),
         ((str(tmp_path / "s.png"), 1.0),),
         StyleParams(size=64),
@@ -46,19 +47,19 @@ def job(tmp_path) -> jobs.Job:
 
 def test_done_means_a_completed_record_with_the_same_key(tmp_path):
     one = job(tmp_path)
-    assert not records.is_done(one)
+    assert not is_done(one)
     (tmp_path / "out").mkdir()
     path = Path(one.record)
     path.write_bytes(Record.failed(one, "bad pixels").to_json())
-    assert not records.is_done(one)
+    assert not is_done(one)
     path.write_bytes(completed_record(one, key="other").to_json())
-    assert not records.is_done(one)
+    assert not is_done(one)
     path.write_text("{truncated")
-    assert not records.is_done(one)
+    assert not is_done(one)
     path.write_text(json.dumps({"status": "completed", "key": one.key}))  # not a record
-    assert not records.is_done(one)
+    assert not is_done(one)
     path.write_bytes(completed_record(one).to_json())
-    assert records.is_done(one)
+    assert is_done(one)
 
 
 def test_a_summary_leaves_histories_and_its_run_folder_out_of_its_json(tmp_path):
@@ -77,16 +78,13 @@ def test_a_summary_leaves_histories_and_its_run_folder_out_of_its_json(tmp_path)
 def test_a_record_keeps_strength_and_style_weight_and_says_which_won(tmp_path):
     from PIL import Image
 
-    from nst_core.batch.records import Inputs
     from nst_core.engine.loop import Result
 
     one = job(tmp_path)
     result = Result(Image.new("RGB", (4, 3)), [], {"total": 1.0}, 0.1, 40, [], 1, "cpu", "fp32")
 
     def made_with(params: StyleParams) -> dict:
-        record = Record.completed(
-            output=one.output, inputs=Inputs.of_job(one), params=params, result=result, timings={}
-        )
+        record = Record.completed(replace(one, params=params), result=result, timings={})
         return json.loads(record.to_json())
 
     expert = made_with(StyleParams(strength=0.3, style_weight=80))

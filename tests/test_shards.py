@@ -14,15 +14,13 @@ from nst_core.engine.params import StyleParams
 
 def job(index: int, size: int = 64) -> jobs.Job:
     return jobs.Job(
-        content=f"in/c{index}.png",
-        content_sha=f"{index:064x}",
-        styles=(("in/s.png", 1.0),),
-        style_shas=("0" * 64,),
+        content_file=jobs.InputFile(f"in/c{index}.png", f"{index:064x}", pixels=(size, size)),
+        style_files=(jobs.InputFile("in/s.png", "0" * 64),),
+        weights=(1.0,),
         params=StyleParams(size=size),
         key=f"{index:064x}",
         output=f"out/c{index}.png",
         record=f"out/c{index}.json",
-        content_size=(size, size),
     )
 
 
@@ -56,11 +54,15 @@ def test_a_retried_forced_shard_skips_what_its_first_attempt_finished():
     one = job(1)
     before = completed_at(one, started - timedelta(hours=1))
     after = completed_at(one, started + timedelta(seconds=5))
-    done = shards.completed_since(started.isoformat(timespec="seconds"))
+    since = started.isoformat(timespec="seconds")
+
+    def done(job, record):
+        return records.done(job, record, since=since)
+
     assert not done(one, before)  # older than the forced batch: recompute
     assert done(one, after)  # written by this batch's first attempt: skip
     assert not done(one, None) and not done(one, after.model_copy(update={"key": "other"}))
-    assert shards.completed_since(None) is records.completed
+    assert records.done(one, before)  # without a cutoff, any completed record of it counts
 
 
 def test_entries_come_from_the_records_a_shard_left(tmp_path):

@@ -1,7 +1,5 @@
 """Tiled evaluation: the whole image's objective and gradient, tile by tile."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 import yaml
@@ -9,6 +7,7 @@ from imagegen import TINY_MANIFEST, job_records, write_batch
 
 from nst_core.batch import demo, jobs, units
 from nst_core.engine import images
+from nst_core.engine.execution import Execution
 from nst_core.engine.layers import reach
 from nst_core.engine.loop import _Scales, network_for, network_layers, stylize
 from nst_core.engine.losses import gram
@@ -90,17 +89,16 @@ def test_a_tiled_run_follows_the_untiled_one_and_says_how_each_scale_ran():
 
 
 def big_job(**params) -> jobs.Job:
-    settings = StyleParams(size=2048, **params)
+    settings = StyleParams(**({"size": 2048} | params))
     return jobs.Job(
-        content="photo.jpg",
-        content_sha="a" * 64,
-        styles=(("painting.jpg", 1.0),),
-        style_shas=("b" * 64,),
+        content_file=jobs.InputFile("photo.jpg", "a" * 64, pixels=(4000, 3000)),
+        style_files=(jobs.InputFile("painting.jpg", "b" * 64),),
+        weights=(1.0,),
         params=settings,
         key="k" * 64,
         output="out.png",
         record="out.json",
-        content_size=(4000, 3000),
+        execution=Execution.asked(settings),
     )
 
 
@@ -110,7 +108,8 @@ def test_the_planner_runs_a_job_too_large_whole_in_the_cheapest_tiles_that_fit()
     assert units.job_bytes(job) > budget
     (planned,), unfit = units.split_unfit([job], budget)
     assert unfit == []
-    assert planned.key == job.key and isinstance(planned.params.tile, int)
+    assert planned.key == job.key and isinstance(planned.execution.tile, int)
+    assert planned.params is job.params  # the user's params, never rewritten
     assert units.job_bytes(planned) <= budget
 
     def cost(tile):
@@ -119,9 +118,9 @@ def test_the_planner_runs_a_job_too_large_whole_in_the_cheapest_tiles_that_fit()
     fitting = [
         t for t in range(16, 2048, 16) if units.tiled_bytes(2048, 1536, job.params, t) <= budget
     ]
-    assert cost(planned.params.tile) == min(cost(t) for t in fitting)
+    assert cost(planned.execution.tile) == min(cost(t) for t in fitting)
     # A pass over those tiles sends under 1.5x the image's pixels through the network.
-    assert cost(planned.params.tile) < 1.5 * 2048 * 1536
+    assert cost(planned.execution.tile) < 1.5 * 2048 * 1536
     # Forbidden to tile, or too large even in the smallest tiles: it fails alone, saying so.
     ((_, need),) = units.split_unfit([big_job(tile="off")], budget)[1]
     assert units.unfit_reason(big_job(tile="off"), need, budget).endswith(
@@ -150,7 +149,8 @@ def test_a_batch_job_that_does_not_fit_whole_runs_in_tiles_and_its_record_says_s
     state = stylize_batch(uri, return_state=True)
     assert state.is_completed()
     (record,) = job_records(str(tmp_path)).values()
-    tile = record["params"]["tile"]
+    assert record["params"]["tile"] == "auto"  # as asked; how it ran is the execution's
+    tile = record["execution"]["tile"]
     assert record["status"] == "completed" and units.tiled_bytes(96, 72, params, tile) <= budget
     tiles = -(-96 // tile) * -(-72 // tile)
     assert record["tiling"] == [{"scale": 96, "tile": tile, "halo": 12, "tiles": tiles}]
@@ -216,21 +216,22 @@ def test_a_tiled_stylisation_has_no_seams_on_tile_borders(stylised):
 
 def test_on_a_gpu_the_planner_moves_lbfgs_history_to_the_host_when_only_that_fits():
     budget = 6 * 2**30  # 4096x3072 in fp32: 20 history pairs alone are 5.6 GB
-    job = replace(big_job(), params=StyleParams(size=4096))
+    job = big_job(size=4096)
     ((_, need),) = units.split_unfit([job], budget)[1]
     assert "or a shorter lbfgs_history (now 20)" in units.unfit_reason(job, need, budget)
     (planned,), unfit = units.split_unfit([job], budget, host_history=True)
     assert unfit == [] and planned.key == job.key
-    assert planned.params.lbfgs_history_on == "host" and isinstance(planned.params.tile, int)
+    assert planned.execution.history_on == "host" and isinstance(planned.execution.tile, int)
+    assert planned.params is job.params
     assert units.job_bytes(planned) <= budget
     # Set by the user, the history stays where it was put.
-    fixed = replace(job, params=job.params.model_copy(update={"lbfgs_history_on": "device"}))
+    fixed = big_job(size=4096, lbfgs_history_on="device")
     assert units.split_unfit([fixed], budget, host_history=True)[0] == []
 
 
 def test_on_a_cpu_lbfgs_history_on_the_host_still_counts_against_the_budget():
     budget = 6 * 2**30
-    job = replace(big_job(), params=StyleParams(size=4096, lbfgs_history_on="host"))
+    job = big_job(size=4096, lbfgs_history_on="host")
     fitting, ((unfit, need),) = units.split_unfit([job], budget)
     assert fitting == [] and need > budget
     assert "or a shorter lbfgs_history (now 20)" in units.unfit_reason(unfit, need, budget)
@@ -238,6 +239,6 @@ def test_on_a_cpu_lbfgs_history_on_the_host_still_counts_against_the_budget():
 
 def test_the_planner_moves_no_history_to_a_host_that_cannot_hold_it(monkeypatch):
     monkeypatch.setattr(units, "host_memory_bytes", lambda: 8 * 2**30)  # 5.6 GB > half
-    job = replace(big_job(), params=StyleParams(size=4096))
+    job = big_job(size=4096)
     fitting, unfit = units.split_unfit([job], 6 * 2**30, host_history=True)
     assert fitting == [] and [j.key for j, _ in unfit] == [job.key]

@@ -7,6 +7,9 @@ run that finds a live claim leaves the job to its holder and reports it as runni
 elsewhere. A claim whose lease has run out (its run was killed) is taken over by creating
 the next generation, so of several takers exactly one wins without anything being
 overwritten or deleted first. The holder removes its claims once the job is recorded.
+A claim whose lease runs further ahead than any holder can set (MAX_LEASE_S plus a clock
+skew allowance) was not written by a run of this tool, or by one with a broken clock: it is
+logged with its holder and taken over, so that one planted file cannot stall a job for good.
 No Prefect here: the unit runner takes claims, the flow only reports them.
 """
 
@@ -19,14 +22,20 @@ import re
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nst_core.batch import processes, storage
 from nst_core.batch.jobs import Job
 from nst_core.batch.layout import RunLayout
+from nst_core.errors import NstError
 
 DEFAULT_LEASE_S = 180.0  # NST_CLAIM_LEASE_S; renewed every third of it
+MAX_LEASE_S = 3600.0  # the longest lease NST_CLAIM_LEASE_S may set
+# How far hosts' clocks may disagree: a lease that ends later than MAX_LEASE_S plus this from
+# now cannot be a real holder's.
+CLOCK_SKEW_S = 300.0
 _NAME = re.compile(r"^(?P<key>[0-9a-f]{64})\.(?P<generation>\d+)\.json$")
 _HOST = socket.gethostname()
 # Keys whose claims some JobClaims of this process holds right now.
@@ -35,7 +44,17 @@ _PROCESS_LOCK = threading.Lock()
 
 
 def lease_seconds() -> float:
-    return float(os.environ.get("NST_CLAIM_LEASE_S") or DEFAULT_LEASE_S)
+    raw = os.environ.get("NST_CLAIM_LEASE_S")
+    try:
+        lease = float(raw) if raw else DEFAULT_LEASE_S
+    except ValueError:
+        lease = -1.0
+    if not 1 <= lease <= MAX_LEASE_S:
+        raise NstError(
+            f"NST_CLAIM_LEASE_S: a lease is 1 to {MAX_LEASE_S:.0f} seconds, got {raw!r}; "
+            f"unset it for the default of {DEFAULT_LEASE_S:.0f}"
+        )
+    return lease
 
 
 def claims_folder(job: Job) -> str:
@@ -71,7 +90,8 @@ class JobClaims:
     still held is removed when it ends (a killed process leaves its claims to expire).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warn: Callable[[str], None] | None = None) -> None:
+        self.warn = warn or (lambda line: None)
         self.owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(3)}"
         self.lease_s = lease_seconds()
         self._held: dict[str, _Held] = {}
@@ -96,8 +116,16 @@ class JobClaims:
         `generations()` listing of the job's claims folder, taken before this unit began."""
         gens = seen.get(job.key, [])
         if gens:
-            holder = _read(claim_uri(job, gens[-1]))
-            if holder is not None and _live(holder, job.key):
+            uri = claim_uri(job, gens[-1])
+            holder = _read(uri)
+            if holder is not None and _beyond_any_lease(holder):
+                self.warn(
+                    f"{uri}: a claim by {str(holder.get('owner'))[:80]!r} on host "
+                    f"{str(holder.get('host'))[:80]!r} runs until "
+                    f"{str(holder.get('expires_at'))[:40]}, beyond the longest lease "
+                    f"({MAX_LEASE_S:.0f} s) plus clock skew ({CLOCK_SKEW_S:.0f} s); taken over"
+                )
+            elif holder is not None and _live(holder, job.key):
                 return False
         generation = (gens[-1] + 1) if gens else 1
         uri = claim_uri(job, generation)
@@ -162,6 +190,12 @@ def _live(holder: dict, key: str) -> bool:
         with _PROCESS_LOCK:
             return key in _HELD_IN_PROCESS
     return processes.alive(holder["pid"])
+
+
+def _beyond_any_lease(holder: dict) -> bool:
+    """Whether a claim's lease ends later than any holder could have set it to."""
+    latest = datetime.now(UTC) + timedelta(seconds=MAX_LEASE_S + CLOCK_SKEW_S)
+    return _expires(holder) > latest
 
 
 def _read(uri: str) -> dict | None:

@@ -12,8 +12,6 @@ served over HTTP.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +21,14 @@ from urllib.parse import quote
 from nst_core.batch import records, storage
 from nst_core.batch.layout import RUNS, THUMBS, RunLayout
 from nst_core.batch.records import JobEntry, Record, Summary
-from nst_core.batch.thumbnails import read_thumbnail
+from nst_core.batch.thumbnails import (
+    THUMB,
+    input_digest,
+    output_digest,
+    read_thumbnail,
+    write_thumbnail,
+)
 
-THUMB = 160  # longest side of a thumbnail, pixels
 _THUMB_NAME = re.compile(r"^([0-9a-f]{20})\.(\d+)x(\d+)\.jpg$")
 # Records and images are read from storage; on S3 each read is mostly waiting.
 WORKERS = 8
@@ -79,35 +82,49 @@ def write_page(layout: RunLayout, gallery: Gallery) -> str:
     return uri
 
 
-def collect(layout: RunLayout, summary: Summary) -> Gallery:
+def collect(
+    layout: RunLayout,
+    summary: Summary,
+    known: dict[str, Record | None] | None = None,
+    planned_shas: dict[str, str] | None = None,
+) -> Gallery:
     """The records of the run's jobs, and a thumbnail for each output and input, made now
-    for the ones the thumbnail folder does not hold yet."""
+    for the ones the thumbnail folder does not hold yet (units make them as they go).
+
+    A run passes what it already has: `known`, the records it read or wrote by job key (the
+    others are read), and `planned_shas`, each input's sha256 from its plan (inputs no record
+    or plan names are hashed from their bytes)."""
+    known = known or {}
     with ThreadPoolExecutor(WORKERS) as pool:
-        found = list(pool.map(_own_record, summary.jobs))
+        found = list(
+            pool.map(
+                lambda e: _own(e, known[e.key]) if e.key in known else _own_record(e),
+                summary.jobs,
+            )
+        )
         jobs = [
             GalleryJob(entry, record) for entry, record in zip(summary.jobs, found, strict=True)
         ]
-        shas = _input_shas(jobs)
+        shas = (planned_shas or {}) | _input_shas(jobs)
         inputs = _input_uris(summary.jobs)
-        # An input no record names (its jobs never ran) is hashed from its bytes.
         missing = [uri for uri in inputs if uri not in shas]
         shas |= dict(zip(missing, pool.map(_sha_of, missing), strict=True))
         wanted: dict[str, str] = {}  # digest -> the image to make its thumbnail from
-        output_digest = {}
+        by_output = {}
         for job in jobs:
             if _has_output(job):
-                digest = _digest(f"output\n{job.entry.key}\n{job.record.created_at}")
-                output_digest[job.entry.key] = digest
+                digest = output_digest(job.entry.key, job.record.created_at)
+                by_output[job.entry.key] = digest
                 wanted[digest] = job.entry.output
-        input_digest = {uri: _digest(f"input\n{shas[uri]}") for uri in inputs if shas[uri]}
-        wanted |= {digest: uri for uri, digest in input_digest.items()}
+        by_input = {uri: input_digest(shas[uri]) for uri in inputs if shas[uri]}
+        wanted |= {digest: uri for uri, digest in by_input.items()}
         thumbs = _thumbnails(layout, wanted, pool.map)
     for job in jobs:
-        job.thumb = thumbs.get(output_digest.get(job.entry.key, ""))
+        job.thumb = thumbs.get(by_output.get(job.entry.key, ""))
     return Gallery(
         summary=summary,
         jobs=jobs,
-        inputs={uri: thumbs.get(input_digest.get(uri, "")) for uri in inputs},
+        inputs={uri: thumbs.get(by_input.get(uri, "")) for uri in inputs},
     )
 
 
@@ -137,7 +154,10 @@ def output_href(uri: str) -> str:
 
 
 def _own_record(entry: JobEntry) -> Record | None:
-    record = records.read_record(entry.record)
+    return _own(entry, records.read_record(entry.record))
+
+
+def _own(entry: JobEntry, record: Record | None) -> Record | None:
     return record if record is not None and record.key == entry.key else None
 
 
@@ -166,14 +186,12 @@ def _input_shas(jobs: list[GalleryJob]) -> dict[str, str]:
 
 
 def _sha_of(uri: str) -> str | None:
+    from nst_core.batch.jobs import sha256
+
     try:
-        return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+        return sha256(storage.read_bytes(uri))
     except storage.StorageError:
         return None  # gone: its header shows the name without a picture
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _thumbnails(
@@ -199,8 +217,5 @@ def _make_thumb(layout: RunLayout, digest: str, source: str) -> Thumb | None:
     image = read_thumbnail(source, THUMB)
     if image is None:
         return None  # its cell says there is no preview; the page goes on
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    name = f"{digest}.{image.width}x{image.height}.jpg"
-    storage.write_bytes(f"{layout.thumbs}/{name}", buffer.getvalue(), content_type="image/jpeg")
+    name = write_thumbnail(layout, digest, image)
     return _thumb(name, image.width, image.height)

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from nst_core.batch import storage
 from nst_core.batch.roots import Roots
 
 CLAIMS, DONE, FAILED = ".claims", "done", "failed"
 MAX_CLAIM_BYTES = 64 * 1024  # a claim is a few hundred bytes; anything bigger is not ours
+# How far watchers' clocks may disagree: a claim dated further ahead was written by none.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class Claim(BaseModel):
@@ -45,6 +47,12 @@ class Claim(BaseModel):
     started_at: datetime | None = None
     output: str | None = None  # the batch's output folder, as validated at the start
     uri: str = ""  # where the claim itself lies (not stored)
+
+    @field_validator("claimed_at", "started_at")
+    @classmethod
+    def _aware(cls, when: datetime | None) -> datetime | None:
+        """A time without a zone is UTC, as every watcher writes it."""
+        return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
 
 
 def now() -> str:

@@ -18,7 +18,6 @@ from nst_core.batch.jobs import ENGINE_VERSION, Job
 
 if TYPE_CHECKING:  # torch stays unimported for validate and plan
     from nst_core.engine.loop import Result
-    from nst_core.engine.params import StyleParams
 
 # A job's status in a run: `elsewhere` is a job another run was computing at the time.
 Status = Literal["completed", "failed", "skipped", "elsewhere"]
@@ -85,14 +84,13 @@ class Record(_Document):
     batch_size: int | None = None
     evaluations: int | None = None  # loss evaluations run, over every scale
     tiling: list[dict[str, Any]] | None = None  # per scale; tile, halo and tiles when tiled
+    # The planner's decisions (device, tile, history_on, unit): how it ran, apart from the
+    # user's `params`, which are recorded as given.
+    execution: dict[str, Any] | None = None
     losses: Losses | None = None
     timings: dict[str, float] | None = None
     versions: dict[str, str] | None = None
     notes: list[str] | None = None  # how the settings were read, e.g. style_weight over strength
-
-    def completes(self, job: Job) -> bool:
-        """Whether this record (read from job.record) says this very job completed."""
-        return self.status == "completed" and self.key == job.key
 
     @classmethod
     def failed(cls, job: Job, error: str) -> Record:
@@ -110,24 +108,21 @@ class Record(_Document):
 
     @classmethod
     def completed(
-        cls,
-        *,
-        output: str,
-        inputs: Inputs,
-        params: StyleParams,
-        result: Result,
-        timings: dict[str, float],
-        key: str | None = None,
+        cls, job: Job, *, result: Result, timings: dict[str, float], unit: str | None = None
     ) -> Record:
-        """One completed output (fields documented in README.md)."""
+        """One completed output (fields documented in README.md): the job's inputs as
+        planned and verified, its params as given, how it ran, what it reached."""
+        params = job.params
+        execution = job.execution.describe() | {"device": result.device}
         return cls(
             status="completed",
-            key=key,
-            output=output,
+            key=job.key,
+            output=job.output,
             engine_version=ENGINE_VERSION,
             created_at=_now(),
-            inputs=inputs,
+            inputs=Inputs.of_job(job),
             params=params.model_dump(mode="json"),
+            execution=execution | ({"unit": unit} if unit else {}),
             output_size=list(result.image.size),
             device=result.device,
             precision=result.precision,
@@ -150,13 +145,18 @@ def read_record(uri: str) -> Record | None:
         return None
 
 
-def completed(job: Job, record: Record | None) -> bool:
-    """Whether `record` (read from job.record) says this very job completed."""
-    return record is not None and record.completes(job)
-
-
-def is_done(job: Job) -> bool:
-    return completed(job, read_record(job.record))
+def done(job: Job, record: Record | None, *, since: str | None = None) -> bool:
+    """The one answer to "is this job done?": `record` (read from job.record by the caller,
+    who reads it once) says this very job completed, and, with `since` (an ISO time: a
+    forced sharded batch's start), it was written after then."""
+    if record is None or record.status != "completed" or record.key != job.key:
+        return False
+    if since is None:
+        return True
+    try:
+        return datetime.fromisoformat(record.created_at) >= datetime.fromisoformat(since)
+    except ValueError:
+        return False
 
 
 def package_versions() -> dict[str, str]:
@@ -193,6 +193,9 @@ class JobEntry(_Document):
     seconds: float | None = None
     error: str | None = None
     history: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
+    # The record this entry was made from, kept in memory for the run's gallery so that it
+    # is not read again; never written to the summary.
+    found: Record | None = Field(default=None, exclude=True, repr=False)
 
     @classmethod
     def of(
@@ -217,6 +220,7 @@ class JobEntry(_Document):
             seconds=seconds,
             error=error,
             history=losses.history if losses else [],
+            found=record,
         )
 
 

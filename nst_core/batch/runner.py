@@ -4,6 +4,10 @@ No Prefect here: the flow calls `run_unit` inside a task, and anything else (a t
 script) can call it the same way.
 
 Guarantees:
+- Each input is read once per unit, and only if its bytes are those the plan hashed (and,
+  for a local file under read roots, the file opened lies inside them): else the job fails
+  ("input changed since it was planned"), and nothing is stylised under a key that does not
+  describe its bytes.
 - An image is written before its record, each atomically, so a record always has its image.
 - A job that fails (unreadable image, out of memory at batch size 1, a storage error
   retrying will not fix) gets a `failed` record and the other jobs go on.
@@ -21,10 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nst_core.batch import records, storage
+from nst_core.batch import records, storage, thumbnails
 from nst_core.batch.claims import JobClaims, claims_folder, generations
 from nst_core.batch.jobs import Job
-from nst_core.batch.records import Inputs, Record, Status
+from nst_core.batch.records import Record, Status
+from nst_core.batch.unit_inputs import UnitInputs
 from nst_core.engine import images
 from nst_core.engine.limits import Limits
 from nst_core.engine.loop import Progress, Result, stylize_batch
@@ -64,6 +69,9 @@ class UnitOptions:
     claim: bool = True  # claim each job first (claims.py), so two runs never compute it twice
     record_failures: bool = True  # a failed job gets a `failed` record
     progress: Progress | None = None  # the engine's progress callback
+    unit: str | None = None  # the unit's name, for the records' `execution`
+    max_input_bytes: int | None = None  # default: Limits.current()
+    warn: Callable[[str], None] | None = None  # where a claim taken over is reported
 
 
 class _Unclaimed:
@@ -92,7 +100,7 @@ def run_unit(
     """
     options = options or UnitOptions()
     outcomes: dict[str, Outcome] = {}
-    claims = JobClaims() if options.claim else contextlib.nullcontext(_Unclaimed())
+    claims = JobClaims(options.warn) if options.claim else contextlib.nullcontext(_Unclaimed())
     with claims as held:
 
         def finish(outcome: Outcome) -> None:
@@ -101,15 +109,17 @@ def run_unit(
             if on_job:
                 on_job(outcome)
 
-        batch = _Batch(cache or GramCache(), options, finish)
-        loaded = _claim_and_load(unit, device, held, batch)
+        batch = _Batch(cache or GramCache(), options, finish, device)
+        loaded = _claim_and_load(unit, held, batch)
         batch.run(loaded)
     return [outcomes[job.key] for job in unit]
 
 
-def _claim_and_load(unit: list[Job], device: str, held, batch: _Batch):
+def _claim_and_load(unit: list[Job], held, batch: _Batch):
     """Each job claimed and its inputs read: (job, its engine input, seconds to read it).
-    Jobs done already, held elsewhere or unreadable are finished here."""
+    Jobs done already, held elsewhere or unreadable are finished here. Whether a job is done
+    was decided by whoever planned the unit; it is read again only once claimed, when
+    another run may have recorded it meanwhile (or this unit's earlier attempt did)."""
     options = batch.options
     seen = {}
     if options.claim:
@@ -118,21 +128,18 @@ def _claim_and_load(unit: list[Job], device: str, held, batch: _Batch):
             for folder in dict.fromkeys(claims_folder(job) for job in unit)
             for key, gens in generations(folder).items()
         }
+    inputs = UnitInputs(options.max_input_bytes or Limits.current().max_input_bytes)
     loaded: list[tuple[Job, Pair, float]] = []
     for job in unit:
-        if not options.force and (done := _skipped_if_done(job)):  # a retried unit, say
-            batch.finish(done)
-            continue
         if not held.take(job, seen):
             batch.finish(Outcome(job, "elsewhere"))
             continue
-        # Another run may have recorded it between the check above and the claim.
         if not options.force and (done := _skipped_if_done(job)):
             batch.finish(done)
             continue
         started = time.perf_counter()
         try:
-            pair = _load(job, device)
+            pair = inputs.pair(job)
         except (ImageError, storage.StorageError) as exc:
             if _is_transient(exc):
                 raise
@@ -145,7 +152,7 @@ def _claim_and_load(unit: list[Job], device: str, held, batch: _Batch):
 def _skipped_if_done(job: Job) -> Outcome | None:
     """A `skipped` outcome with its record when the job is already done, else None."""
     record = records.read_record(job.record)
-    return Outcome(job, "skipped", record=record) if records.completed(job, record) else None
+    return Outcome(job, "skipped", record=record) if records.done(job, record) else None
 
 
 @dataclass
@@ -153,6 +160,7 @@ class _Batch:
     cache: GramCache
     options: UnitOptions
     finish: Callable[[Outcome], None]
+    device: str
 
     def fail(self, job: Job, reason: str, seconds: float = 0.0) -> Outcome:
         if self.options.record_failures:
@@ -167,8 +175,12 @@ class _Batch:
             return
         started = time.perf_counter()
         pairs = [pair for _, pair, _ in loaded]
+        # The planner gave every job of a unit one execution; the unit got its device.
+        execution = loaded[0][0].execution.on(self.device)
         try:
-            results = stylize_batch(pairs, cache=self.cache, progress=self.options.progress)
+            results = stylize_batch(
+                pairs, cache=self.cache, progress=self.options.progress, execution=execution
+            )
         except Exception as exc:
             if not isinstance(exc, NstError) and not is_out_of_memory(exc):
                 raise
@@ -177,7 +189,7 @@ class _Batch:
         seconds = (time.perf_counter() - started) / len(loaded)
         for (job, _, read_s), result in zip(loaded, results, strict=True):
             try:
-                record = _write(job, result, read_s, seconds)
+                record = _write(job, result, read_s, seconds, self.options.unit)
             except storage.StorageError as exc:
                 if _is_transient(exc):
                     raise
@@ -198,42 +210,23 @@ class _Batch:
         _release_memory()
 
 
-def _load(job: Job, device: str) -> Pair:
-    limit = Limits.current().max_input_bytes  # an input may have grown since validation
-    content_bytes = storage.read_bytes(job.content, limit)
-    style_bytes = [storage.read_bytes(uri, limit) for uri, _ in job.styles]
-    pair = Pair(
-        content=images.decode_image(content_bytes, job.content),
-        styles=[
-            images.decode_image(d, uri) for d, (uri, _) in zip(style_bytes, job.styles, strict=True)
-        ],
-        params=job.params.model_copy(update={"device": device}),
-        style_weights=[w for _, w in job.styles],
-        content_name=job.content,
-        style_names=[uri for uri, _ in job.styles],
-        style_ids=list(job.style_shas),
-        content_id=job.content_sha,
-    )
-    return pair
-
-
-def _write(job: Job, result: Result, read_s: float, seconds: float) -> Record:
+def _write(job: Job, result: Result, read_s: float, seconds: float, unit: str | None) -> Record:
     started = time.perf_counter()
     storage.write_bytes(job.output, images.encode_image(result.image, job.output))
     record = Record.completed(
-        key=job.key,
-        output=job.output,
-        inputs=Inputs.of_job(job),
-        params=job.params,
+        job,
         result=result,
         timings={
             "read_s": read_s,
             "optimize_s": seconds,
             "write_s": time.perf_counter() - started,
         },
+        unit=unit,
     )
     # The record goes last: its presence says the image beside it is complete.
     storage.write_bytes(job.record, record.to_json())
+    # The gallery's thumbnail, from the image in memory (never read back from storage).
+    thumbnails.save_output(job.output, record, result.image)
     return record
 
 

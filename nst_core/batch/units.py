@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from nst_core.batch.jobs import Job
+from nst_core.engine.execution import Execution
 from nst_core.engine.images import fit_size
 from nst_core.engine.layers import channels, pools_through
 from nst_core.engine.params import StyleParams, network_layers
@@ -41,10 +42,17 @@ def gram_bytes(params: StyleParams) -> int:
 
 
 def estimate_bytes(
-    width: int, height: int, params: StyleParams, *, batch: int = 1, styles: int = 1
+    width: int,
+    height: int,
+    params: StyleParams,
+    *,
+    batch: int = 1,
+    styles: int = 1,
+    history_on: str | None = None,
 ) -> int:
     """Peak memory of one batch at (width, height) whose pairs blend `styles` styles each;
-    `auto` precision counts as fp32.
+    `auto` precision counts as fp32. `history_on` is where L-BFGS's history lives (by
+    default where `params` ask).
 
     The planner sizes units with the batch-of-1 figure per pair, so it counts the fixed
     part once per pair: on the safe side, and only noticeably so for tiny images.
@@ -52,7 +60,7 @@ def estimate_bytes(
     per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
     if params.optimizer == "lbfgs":
         # x, g, d and trial buffers, and the history when it is on the device.
-        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params)
+        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params, history_on)
     optimisation = width * height * per_pixel * batch
     style_side = max(width, height) * params.style_scale  # the style's aspect is unknown here
     style_forward = int(style_side**2 * STYLE_FORWARD_BYTES_PER_PIXEL)
@@ -61,7 +69,14 @@ def estimate_bytes(
 
 
 def tiled_bytes(
-    width: int, height: int, params: StyleParams, tile: int, *, batch: int = 1, styles: int = 1
+    width: int,
+    height: int,
+    params: StyleParams,
+    tile: int,
+    *,
+    batch: int = 1,
+    styles: int = 1,
+    history_on: str | None = None,
 ) -> int:
     """Peak memory of a batch at (width, height) run in tiles of `tile` pixels: the network
     sees one tile and its halo at a time, while the whole image's state stays (the image, its
@@ -69,26 +84,27 @@ def tiled_bytes(
     crop = tiling_for(params, tile).largest_crop(height, width)
     per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
     network = crop * per_pixel * batch
-    state = int(width * height * _state_bytes_per_pixel(params) * batch)
+    state = int(width * height * _state_bytes_per_pixel(params, history_on) * batch)
     style_side = max(width, height) * params.style_scale
     style_forward = int(min(style_side**2, crop) * STYLE_FORWARD_BYTES_PER_PIXEL)
     targets = gram_bytes(params) * styles * batch
     return FIXED_BYTES + max(network, style_forward) + state + targets
 
 
-def _state_bytes_per_pixel(params: StyleParams) -> float:
+def _state_bytes_per_pixel(params: StyleParams, history_on: str | None) -> float:
     """What stays whole while tiles go through the network, per output pixel per pair."""
     per_pixel = 3 * 3 * 4  # the point, its gradient, the best point: fp32 RGB
     if params.optimizer == "lbfgs":
-        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params)
+        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params, history_on)
     for layer in params.content_layers:
         per_pixel += channels(layer) * 4 / 4 ** pools_through(layer)
     return per_pixel
 
 
-def _history_bytes_per_pixel(params: StyleParams) -> int:
+def _history_bytes_per_pixel(params: StyleParams, history_on: str | None) -> int:
     """L-BFGS's history on the device, per output pixel per pair."""
-    return 0 if params.lbfgs_history_on == "host" else _lbfgs_history_bytes_per_pixel(params)
+    where = history_on or Execution.asked(params).history_on
+    return 0 if where == "host" else _lbfgs_history_bytes_per_pixel(params)
 
 
 def _lbfgs_history_bytes_per_pixel(params: StyleParams) -> int:
@@ -102,20 +118,22 @@ def tiling_for(params: StyleParams, tile: int) -> Tiling:
 
 
 def job_bytes(job: Job) -> int | None:
-    """A job's estimated peak alone on a device (tiled when its params say so), or None
-    when its content size is unknown."""
+    """A job's estimated peak alone on a device as its execution says it runs (tiled or
+    whole, history here or on the host), or None when its content size is unknown."""
     size = output_size(job)
     if size is None:
         return None
-    tile = job.params.tile_size(size)
+    how = {"styles": len(job.styles), "history_on": job.execution.history_on}
+    tile = job.execution.tile_size(size)
     if tile is not None:
-        return tiled_bytes(*size, job.params, tile, styles=len(job.styles))
-    return estimate_bytes(*size, job.params, styles=len(job.styles))
+        return tiled_bytes(*size, job.params, tile, **how)
+    return estimate_bytes(*size, job.params, **how)
 
 
 def in_tiles(job: Job, budget_bytes: int) -> Job | None:
     """The job set to run in the tiles that cost least while fitting `budget_bytes`, when its
-    `tile` is auto and some tile does; else None. Tiling is how, not what: the job key stays.
+    `tile` is auto and some tile does; else None. Tiling is how, not what: the job's
+    execution changes, its params and key stay.
 
     A pass's cost is the pixels it sends through the network, halos included, so the choice
     is by `network_pixels`: usually the largest tile that fits, but not when a slightly
@@ -127,13 +145,14 @@ def in_tiles(job: Job, budget_bytes: int) -> Job | None:
     width, height = size
     best = None
     for tile in _tile_sizes(job.params, max(size)):
-        if tiled_bytes(width, height, job.params, tile, styles=len(job.styles)) <= budget_bytes:
+        how = {"styles": len(job.styles), "history_on": job.execution.history_on}
+        if tiled_bytes(width, height, job.params, tile, **how) <= budget_bytes:
             cost = tiling_for(job.params, tile).network_pixels(height, width)
             if best is None or cost < best[0]:
                 best = (cost, tile)
     if best is None:
         return None
-    return replace(job, params=job.params.model_copy(update={"tile": best[1]}))
+    return replace(job, execution=replace(job.execution, tile=best[1]))
 
 
 def _tile_sizes(params: StyleParams, longest: int) -> range:
@@ -173,9 +192,9 @@ def split_unfit(
     """
     fitting, unfit = [], []
     for job in jobs:
-        if not host_history and job.params.lbfgs_history_on == "host":
+        if not host_history and job.execution.history_on == "host":
             # On a CPU the host's memory is the device's: the history counts either way.
-            job = replace(job, params=job.params.model_copy(update={"lbfgs_history_on": "device"}))
+            job = replace(job, execution=replace(job.execution, history_on="device"))
         need = job_bytes(job)
         if need is None or need <= budget_bytes:
             fitting.append(job)
@@ -211,7 +230,7 @@ def _hosted(job: Job, host_history: bool) -> Job | None:
     history = 0 if size is None else _lbfgs_history_bytes_per_pixel(params) * size[0] * size[1]
     if history > host_memory_bytes() / 2:
         return None
-    return replace(job, params=params.model_copy(update={"lbfgs_history_on": "host"}))
+    return replace(job, execution=replace(job.execution, history_on="host"))
 
 
 def history_may_go_to_host(device: str) -> bool:
@@ -230,14 +249,16 @@ def _smallest_tiles_bytes(job: Job) -> int:
     if job.params.tile != "auto" or size is None:
         return 2**62
     smallest = tiling_for(job.params, 1).align
-    return tiled_bytes(*size, job.params, smallest, styles=len(job.styles))
+    how = {"styles": len(job.styles), "history_on": job.execution.history_on}
+    return tiled_bytes(*size, job.params, smallest, **how)
 
 
 def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:
     how = "even alone" if job.params.tile == "off" else "even alone and in tiles"
     fix = "lower size or style_scale"
     size = output_size(job)
-    if size is not None and _history_bytes_per_pixel(job.params) * size[0] * size[1] > need / 2:
+    history = _history_bytes_per_pixel(job.params, job.execution.history_on)
+    if size is not None and history * size[0] * size[1] > need / 2:
         fix += f", or a shorter lbfgs_history (now {job.params.lbfgs_history})"
     if job.params.tile == "off":
         fix += ", or let it run in tiles (tile: auto)"
@@ -261,7 +282,7 @@ def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -
         if size is None:
             alone.append([job])
         else:
-            groups[(size, job.params.batch_key())].append(job)
+            groups[(size, job.params.batch_key(), job.execution)].append(job)
     units = []
     for members in groups.values():
         per_pair = max(job_bytes(job) for job in members)

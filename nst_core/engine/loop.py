@@ -29,10 +29,11 @@ from PIL import Image
 
 from nst_core.engine import images
 from nst_core.engine.devices import resolve_device, resolve_precision
+from nst_core.engine.execution import Execution
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features, Objective
 from nst_core.engine.params import StyleParams, network_layers
-from nst_core.engine.steppers import OPTIMIZERS, Optimizer, Stepper
+from nst_core.engine.steppers import Optimizer, Stepper, optimizer_for
 from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
 from nst_core.engine.tiles import Tiling
@@ -71,10 +72,11 @@ def stylize(
     network: torch.nn.Module | None = None,
     optimizer: Optimizer | None = None,
     gram_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    execution: Execution | None = None,
 ) -> Result:
     """Stylise one pair."""
     parts = {"network": network, "optimizer": optimizer, "gram_of": gram_of}
-    return stylize_batch([pair], progress=progress, cache=cache, **parts)[0]
+    return stylize_batch([pair], progress=progress, cache=cache, execution=execution, **parts)[0]
 
 
 def stylize_batch(
@@ -85,6 +87,7 @@ def stylize_batch(
     network: torch.nn.Module | None = None,
     optimizer: Optimizer | None = None,
     gram_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    execution: Execution | None = None,
 ) -> list[Result]:
     """Stylise B pairs of the same output size together in one (B, 3, H, W) tensor.
 
@@ -92,6 +95,8 @@ def stylize_batch(
     `network` maps images to {layer: features} for `network_layers(params)` (default:
     `network_for`); `optimizer` yields the steps (default: by `params.optimizer`);
     `gram_of` computes Grams (default: losses.gram); `cache` keeps style Grams across calls.
+    `execution` says where and how it runs (device, tiles, L-BFGS history); by default what
+    the first pair's params ask for.
     """
     if not pairs:
         return []
@@ -102,7 +107,8 @@ def stylize_batch(
     if len(out_sizes) != 1:
         raise ParamsError([f"pairs in one batch must have one output size, got {out_sizes}"])
     width, height = out_sizes.pop()
-    device = resolve_device(params.device)
+    execution = execution or Execution.asked(params)
+    device = resolve_device(execution.device)
     precision = resolve_precision(params.precision, device)
     schedule = [images.fit_size(width, height, s) for s in params.schedule()]
     check_sizes(pairs, schedule, network_layers(params))
@@ -110,7 +116,8 @@ def stylize_batch(
     gram_of = gram_of or gram
     network_key = (params.weights, params.pooling, params.style_layers, features.bf16, str(device))
     targets = Targets(pairs, device, features, cache or GramCache(), gram_of, network_key)
-    run = _Scales(targets, optimizer or OPTIMIZERS[params.optimizer], progress, len(schedule))
+    optimizer = optimizer or optimizer_for(params, execution.history_on)
+    run = _Scales(targets, optimizer, progress, len(schedule), execution)
 
     started = time.perf_counter()
     x = None
@@ -137,8 +144,16 @@ def stylize_batch(
 class _Scales:
     """The scales of one batch in turn: evaluations counted, history kept, best point."""
 
-    def __init__(self, targets: Targets, optimizer: Optimizer, progress, n_scales: int):
+    def __init__(
+        self,
+        targets: Targets,
+        optimizer: Optimizer,
+        progress,
+        n_scales: int,
+        execution: Execution | None = None,
+    ):
         self.targets = targets
+        self.execution = execution or Execution.asked(targets.params)
         self.params: StyleParams = targets.params
         self.optimizer = optimizer
         self.progress = progress
@@ -154,10 +169,10 @@ class _Scales:
         self.loss_weights = targets.loss_weights()
 
     def objective(self, size) -> tuple[Objective | TiledObjective, torch.Tensor]:
-        """The loss at `size`, tiled when the params say so for this size, and the
+        """The loss at `size`, tiled when the execution says so for this size, and the
         luma-aware contents it was built from."""
         targets = self.targets
-        tile = self.params.tile_size(size)
+        tile = self.execution.tile_size(size)
         layers = network_layers(self.params)
         tiling = Tiling.for_layers(tile, layers) if tile else None
         self.tiling.append({"scale": max(size), **(tiling.describe(*size[::-1]) if tiling else {})})

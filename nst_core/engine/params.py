@@ -6,14 +6,12 @@ and the Prefect flow's overrides, so a name means the same thing everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nst_core.engine.layers import LAYER_NAMES
 from nst_core.engine.limits import Limits
-from nst_core.errors import ParamsError
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -231,13 +229,6 @@ class StyleParams(BaseModel):
             return [f"style_weight {self.style_weight:g} was given, so strength is ignored"]
         return []
 
-    def tile_size(self, size: tuple[int, int]) -> int | None:
-        """The tile a scale of `size` (width, height) runs with, or None for untiled: a set
-        tile size applies to the scales larger than it ("auto" is set by the planner)."""
-        if isinstance(self.tile, int) and max(size) > self.tile:
-            return self.tile
-        return None
-
     def schedule(self) -> list[int]:
         """The sizes actually run, coarse to fine; always ends at `size`."""
         if self.scales == "auto":
@@ -280,42 +271,3 @@ class StyleParams(BaseModel):
 def network_layers(params: StyleParams) -> tuple[str, ...]:
     """The layers the network must return for these settings, content layers first."""
     return tuple(dict.fromkeys(params.content_layers + params.style_layers))
-
-
-def parse_params(
-    values: dict,
-    *,
-    where: str = "params",
-    base: StyleParams | None = None,
-    label: Callable[[str], str] | None = None,
-) -> StyleParams:
-    """StyleParams from plain values (over `base`), or ParamsError listing every problem.
-
-    Each problem reads `KEY: message`, where KEY is `where.field` unless `label` maps field
-    names to what the user typed (CLI options), so one function serves every entry point.
-    """
-    merged = {**(base.model_dump() if base else {}), **values}
-    try:
-        return StyleParams(**merged)
-    except ValidationError as exc:
-        label = label or (lambda field: f"{where}.{field}" if field else where)
-        raise ParamsError(format_validation_errors(exc, label)) from None
-
-
-def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) -> list[str]:
-    """One `key.path[index]: message, got VALUE` line per problem; `label` names the top key."""
-    problems = []
-    for err in exc.errors():
-        loc = list(err["loc"])
-        head = label(str(loc.pop(0))) if loc and not isinstance(loc[0], int) else label("")
-        key = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict | None):
-            message += f", got {_short(err['input'])}"
-        problems.append(f"{key}: {message}")
-    return problems
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -9,6 +9,7 @@ leaving the batch changes nothing for the samples that stay.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -37,9 +38,9 @@ Optimizer = Callable[[torch.Tensor, StyleParams], Stepper]
 class LBFGSSteps:
     """Our batched L-BFGS (optim.py): each sample its own history and line search."""
 
-    def __init__(self, x: torch.Tensor, params: StyleParams) -> None:
+    def __init__(self, x: torch.Tensor, params: StyleParams, *, history_on: str = "device") -> None:
         self.shape = x.shape[1:]
-        host = "cpu" if params.lbfgs_history_on == "host" else None
+        host = "cpu" if history_on == "host" else None
         self.opt = BatchedLBFGS(
             x.flatten(1), history_size=params.lbfgs_history, history_device=host
         )
@@ -91,3 +92,11 @@ class AdamSteps:
 
 
 OPTIMIZERS: dict[str, Optimizer] = {"lbfgs": LBFGSSteps, "adam": AdamSteps}
+
+
+def optimizer_for(params: StyleParams, history_on: str) -> Optimizer:
+    """The engine's own stepper for `params`, with L-BFGS's history where the execution
+    put it (host memory frees a GPU's for the network)."""
+    if params.optimizer == "lbfgs":
+        return partial(LBFGSSteps, history_on=history_on)
+    return OPTIMIZERS[params.optimizer]

@@ -21,7 +21,8 @@ from nst_core.batch.manifest.schema import (
 )
 from nst_core.batch.roots import Roots
 from nst_core.engine.limits import Limits
-from nst_core.engine.params import BUILTIN_WEIGHTS, StyleParams, parse_params
+from nst_core.engine.params import BUILTIN_WEIGHTS, StyleParams
+from nst_core.engine.params_parsing import parse_params
 from nst_core.errors import ParamsError
 
 DEFAULT_MAX_JOBS = 10_000

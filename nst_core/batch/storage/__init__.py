@@ -49,6 +49,7 @@ __all__ = [
     "name",
     "parent",
     "read_bytes",
+    "read_confined",
     "redact",
     "reset_clients",
     "s3_client",
@@ -75,6 +76,22 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     uri = str(uri)
     with translate(uri):
         data = _backend(uri).read_bytes(uri, max_bytes)
+    if max_bytes is not None:
+        check_size(uri, len(data), max_bytes)
+    return data
+
+
+def read_confined(
+    uri: str, max_bytes: int | None, problem: Callable[[str], str | None] | None
+) -> bytes:
+    """read_bytes for an input whose reads are confined (a run's read roots): a local file is
+    checked as opened, links resolved, by `problem` (why a real path may not be read, or
+    None). S3 keys are plain names, checked when the run was planned."""
+    uri = str(uri)
+    if problem is None or is_s3(uri):
+        return read_bytes(uri, max_bytes)
+    with translate(uri):
+        data = local.read_confined(uri, max_bytes, problem)
     if max_bytes is not None:
         check_size(uri, len(data), max_bytes)
     return data

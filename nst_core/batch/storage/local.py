@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import check_size
+from .errors import StorageError, check_size
 from .uris import check_uri
 
 
@@ -52,6 +52,32 @@ def read_bytes(path: str, max_bytes: int | None) -> bytes:
     with open(path, "rb") as handle:
         check_size(path, os.fstat(handle.fileno()).st_size, max_bytes)
         return handle.read(max_bytes + 1)
+
+
+def read_confined(path: str, max_bytes: int | None, problem: Callable[[str], str | None]) -> bytes:
+    """Like read_bytes, but the file actually opened (every link resolved, from the open
+    descriptor itself) must be one `problem` does not object to: a link re-pointed between
+    planning and reading cannot lead the read out of its roots."""
+    check_uri(path)
+    with open(path, "rb") as handle:
+        opened = _opened_path(handle.fileno(), path)
+        why = problem(opened)
+        if why:
+            raise StorageError(path, f"refused when opened: {why}")
+        size = os.fstat(handle.fileno()).st_size
+        if max_bytes is None:
+            return handle.read()
+        check_size(path, size, max_bytes)
+        return handle.read(max_bytes + 1)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of an open file: Linux names it under /proc; elsewhere resolving the
+    path just after opening leaves only a tiny window."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
 
 
 def write_bytes(path: str, data: bytes, content_type: str | None = None) -> None:

@@ -1,0 +1,76 @@
+"""A unit's inputs, each read once and checked against the plan before anything uses it.
+
+The plan hashed every input when it was made (jobs.InputFile); between then and the unit,
+an S3 object may be overwritten or a local link re-pointed. So each input is read here once
+per unit, through the job's read roots for local files (checked on the file actually
+opened), and its bytes must hash to the plan's sha256: otherwise every job using it fails
+with "input changed since it was planned", and no output is ever stylised under a key that
+does not describe its bytes.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from nst_core.batch import storage, thumbnails
+from nst_core.batch.jobs import InputFile, Job, sha256
+from nst_core.batch.layout import RunLayout
+from nst_core.batch.roots import Roots
+from nst_core.engine import images
+from nst_core.engine.targets import Pair
+from nst_core.errors import ImageError
+
+
+class InputChanged(ImageError):
+    """An input's bytes are not those its job was planned (and keyed) with."""
+
+
+class UnitInputs:
+    """Decoded inputs of one unit, by URI; a failure is kept too, so that every job using
+    a bad input fails with the same line without reading it again."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._found: dict[str, Image.Image | ImageError | storage.StorageError] = {}
+
+    def pair(self, job: Job) -> Pair:
+        """The engine's input for `job`. Raises ImageError (bad or changed input) or
+        StorageError (a transient one propagates, so the unit is retried)."""
+        content = self.image(job.content_file, job)
+        styles = [self.image(file, job) for file in job.style_files]
+        return Pair(
+            content=content,
+            styles=styles,
+            params=job.params,
+            style_weights=list(job.weights),
+            content_name=job.content,
+            style_names=[file.uri for file in job.style_files],
+            style_ids=list(job.style_shas),
+            content_id=job.content_sha,
+        )
+
+    def image(self, file: InputFile, job: Job) -> Image.Image:
+        if file.uri not in self._found:
+            try:
+                self._found[file.uri] = self._read(file, job)
+            except storage.StorageError as exc:
+                if exc.transient:
+                    raise
+                self._found[file.uri] = exc
+            except ImageError as exc:
+                self._found[file.uri] = exc
+        found = self._found[file.uri]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _read(self, file: InputFile, job: Job) -> Image.Image:
+        roots = Roots(read=job.read_roots)
+        problem = roots.read_problem if job.read_roots is not None else None
+        data = storage.read_confined(file.uri, self.max_bytes, problem)
+        if sha256(data) != file.sha256:
+            raise InputChanged(f"input changed since it was planned: {file.uri}")
+        image = images.decode_image(data, file.uri)
+        # The gallery's thumbnail of this input, from the bytes in memory now.
+        thumbnails.save_input(RunLayout(storage.parent(job.output)), file.sha256, image)
+        return image

@@ -1,0 +1,28 @@
+"""Options the `nst` commands share: `-p key=value` overrides and `--read-root` /
+`--write-root`, parsed once here for nst_core.cli and flows/cli.py alike."""
+
+from __future__ import annotations
+
+from nst_core.batch.roots import Roots
+from nst_core.errors import ParamsError
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """`key=value` options -> dict; values are YAML scalars or lists (50, 1e4, [a, b])."""
+    import yaml
+
+    overrides = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError([f"--param: expected key=value, got {item!r}"])
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def roots_of(read_root: list[str] | None, write_root: list[str] | None) -> Roots:
+    """The run's roots from the repeatable options (none given: unrestricted)."""
+    return Roots.of(read_root or None, write_root or None)

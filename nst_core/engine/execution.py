@@ -1,0 +1,51 @@
+"""Execution: how a batch runs, as distinct from what it makes.
+
+A user's StyleParams may ask for a device, a tile size and where L-BFGS keeps its history;
+the planner (nst_core/batch/units.py) decides what they become for each job, and the runner
+names the device a unit got. Those decisions live here, never written back into the user's
+StyleParams, so a record shows what was asked (`params`) apart from what was decided
+(`execution`), and none of it enters the job key: the same objective and gradient, only
+where and in what pieces they are computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from nst_core.engine.params import StyleParams
+
+HistoryOn = Literal["device", "host"]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how one batch runs: the device, the tile size for every scale larger than
+    it (None: whole), and where L-BFGS keeps its curvature history."""
+
+    device: str = "auto"
+    tile: int | None = None
+    history_on: HistoryOn = "device"
+
+    @classmethod
+    def asked(cls, params: StyleParams) -> Execution:
+        """What `params` ask for before any planning: `auto` tiles nothing and keeps the
+        history on the device, until the planner finds that does not fit."""
+        return cls(
+            device=params.device,
+            tile=params.tile if isinstance(params.tile, int) else None,
+            history_on="host" if params.lbfgs_history_on == "host" else "device",
+        )
+
+    def on(self, device: str) -> Execution:
+        """The same decisions on the device a unit was given."""
+        return replace(self, device=device)
+
+    def tile_size(self, size: tuple[int, int]) -> int | None:
+        """The tile a scale of `size` (width, height) runs with, or None for whole."""
+        if self.tile is not None and max(size) > self.tile:
+            return self.tile
+        return None
+
+    def describe(self) -> dict:
+        return {"device": self.device, "tile": self.tile, "history_on": self.history_on}
