@@ -28,6 +28,7 @@ from nst_core.batch.memory_plan import plan_memory
 from nst_core.batch.records import DryRun, JobEntry, Record, Summary
 from nst_core.batch.roots import Roots
 from nst_core.errors import NstError
+from nst_core.settings import Settings
 
 
 class BatchFailed(RuntimeError):
@@ -60,8 +61,11 @@ class _Work:
     shard_lists: list[list[Job]]
 
 
-def _find_work(plan: Plan, roots: Roots, only_jobs, force: bool, shards: int, done_after):
-    all_jobs = _select(build_jobs(plan, read_roots=roots.read), only_jobs, plan.uri)
+def _find_work(
+    plan: Plan, roots: Roots, settings: Settings, only_jobs, force: bool, shards: int, done_after
+) -> _Work:
+    built = build_jobs(plan, read_roots=roots.read, max_input_bytes=settings.limits.max_input_bytes)
+    all_jobs = _select(built, only_jobs, plan.uri)
     # Each record is read once: it decides done-ness and, for skipped jobs, the summary line.
     # A sharded parent reads them even with `force`: it tells new records from old by them.
     read = not force or shards > 1
@@ -71,7 +75,7 @@ def _find_work(plan: Plan, roots: Roots, only_jobs, force: bool, shards: int, do
     }
     pending = [j for j in all_jobs if j.key not in done]
     job_device = pending[0].params.device if pending else "cpu"
-    memory = plan_memory(pending, job_device)
+    memory = plan_memory(pending, job_device, settings.memory_budget_bytes)
     work = units.plan_units(memory.fitting, memory.budget)
     shard_lists = sharding.split(work, shards) if shards > 1 else []
     return _Work(
@@ -136,12 +140,19 @@ def stylize_batch(
     """
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    runner_name = task_runner_name(task_runner)
+    settings = Settings.from_env()  # this run's NST_* settings, passed down from here
+    runner_name = task_runner_name(task_runner, settings)
     if shards < 1:
         raise NstError(f"shards: must be 1 or more, got {shards}")
     roots = Roots.of(read_roots, write_roots)
-    plan = load_plan(manifest, overrides=params, roots=roots, expect_sha256=manifest_sha256)
-    work = _find_work(plan, roots, only_jobs, force, shards, done_after)
+    plan = load_plan(
+        manifest,
+        overrides=params,
+        roots=roots,
+        expect_sha256=manifest_sha256,
+        limits=settings.limits,
+    )
+    work = _find_work(plan, roots, settings, only_jobs, force, shards, done_after)
     _log_plan(work, runner_name)
     if dry_run:
         return DryRun(
@@ -166,9 +177,9 @@ def stylize_batch(
         }
         entries |= _run_shards(work, shard_deployment, shard_parameters, shard_timeout_s)
     elif work.units:
-        with placement(runner_name, work.devices, work.device) as place:
+        with placement(runner_name, work.devices, work.device, settings) as place:
             description = f"{plan.name}: jobs finished"
-            entries |= run_units(work.units, place, force, description, embedded_server)
+            entries |= run_units(work.units, place, force, description, settings, embedded_server)
     ordered = [entries[j.key] for j in work.all_jobs]
     summary = Summary.of(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
     return _finish(summary, plan, shard_name, work.all_jobs)

@@ -63,12 +63,16 @@ def run(
     """
     from flows.runners import task_runner_name
     from nst_core.batch.manifest import load_plan
+    from nst_core.cli_options import settings
 
     overrides = parse_overrides(param)
     roots = roots_of(read_root, write_root)
-    # Exit 2 before Prefect starts.
-    plan = load_plan(manifest, overrides=overrides, overrides_label="--param", roots=roots)
-    task_runner_name(task_runner)  # exit 2 on an unknown runner, before Prefect starts
+    env = settings()
+    # Exit 2 before Prefect starts: the manifest, and an unknown runner.
+    plan = load_plan(
+        manifest, overrides=overrides, overrides_label="--param", roots=roots, limits=env.limits
+    )
+    task_runner_name(task_runner, env)
     embedded = not os.environ.get("PREFECT_API_URL")
     if shards > 1 and embedded:
         raise NstError(

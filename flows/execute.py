@@ -8,7 +8,6 @@ flows on one machine never oversubscribe a device.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 import time
@@ -25,6 +24,7 @@ from nst_core.batch import runner, units
 from nst_core.batch.jobs import Job
 from nst_core.batch.records import JobEntry
 from nst_core.engine.targets import GramCache
+from nst_core.settings import Settings
 
 # Style Grams are reused across the units of a process (keyed by the style bytes' hash).
 _GRAM_CACHE = GramCache()
@@ -78,7 +78,12 @@ def _log_outcome(logger, outcome: runner.Outcome) -> None:
     retry_condition_fn=_transient_only,
 )
 def stylize_unit(
-    unit: list[Job], device: str, label: str, force: bool, hold_slot: bool = True
+    unit: list[Job],
+    device: str,
+    label: str,
+    force: bool,
+    settings: Settings,
+    hold_slot: bool = True,
 ) -> list[JobEntry]:
     """Stylise one work unit on one device, holding that device's concurrency slot (unless
     Ray already gave this unit its device)."""
@@ -99,7 +104,14 @@ def stylize_unit(
             device,
             cache=_GRAM_CACHE,
             on_job=lambda o: _log_outcome(logger, o),
-            options=runner.UnitOptions(force=force, unit=label, warn=logger.warning),
+            options=runner.UnitOptions(
+                force=force,
+                unit=label,
+                warn=logger.warning,
+                max_input_bytes=settings.limits.max_input_bytes,
+                claim_lease_s=settings.claim_lease_s,
+                precision=settings.precision,
+            ),
         )
     return [
         JobEntry.of(o.job, o.status, record=o.record, error=o.error, seconds=o.seconds)
@@ -126,8 +138,8 @@ def ensure_device_limits(devices: list[str], reset: bool = False) -> None:
 class _Feeder:
     """Units waiting for a device, and the ones in flight on each."""
 
-    def __init__(self, work: list[list[Job]], place, force: bool) -> None:
-        self.work, self.place, self.force = work, place, force
+    def __init__(self, work: list[list[Job]], place, force: bool, settings: Settings) -> None:
+        self.work, self.place, self.force, self.settings = work, place, force, settings
         self.queue = deque(enumerate(work))
         self.in_flight: dict = {}  # future -> (unit, device)
 
@@ -138,6 +150,7 @@ class _Feeder:
             "device": device,
             "label": unit_label(index, len(self.work), unit),
             "force": self.force,
+            "settings": self.settings,
             "hold_slot": self.place.hold_slot,
         }
         self.in_flight[self.place.submit(stylize_unit, parameters)] = (unit, device)
@@ -151,7 +164,12 @@ class _Feeder:
 
 
 def run_units(
-    work: list[list[Job]], place, force: bool, description: str, reset_slots: bool = False
+    work: list[list[Job]],
+    place,
+    force: bool,
+    description: str,
+    settings: Settings,
+    reset_slots: bool = False,
 ) -> dict[str, JobEntry]:
     """Run every unit where `place` says and collect their summary entries by job key.
 
@@ -163,11 +181,11 @@ def run_units(
     if place.hold_slot:
         ensure_device_limits(sorted(set(place.devices)), reset=reset_slots)
     progress_id = create_progress_artifact(0.0, description=description)
-    feeder = _Feeder(work, place, force)
+    feeder = _Feeder(work, place, force, settings)
     feeder.start_all_lanes()
     entries: dict[str, JobEntry] = {}
     total = sum(len(u) for u in work)
-    timeout = float(os.environ.get("NST_BATCH_TIMEOUT_S", BATCH_TIMEOUT_S))
+    timeout = settings.batch_timeout_s
     deadline = time.monotonic() + timeout
     try:
         while feeder.in_flight:

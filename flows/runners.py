@@ -29,15 +29,16 @@ from prefect.client.orchestration import get_client
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from nst_core.errors import NstError
+from nst_core.settings import Settings
 
 TASK_RUNNERS = ("thread", "ray")
 # Forwarded to Ray workers when set here. Secrets travel only this way.
 FORWARDED_PREFIXES = ("AWS_", "NST_", "PREFECT_")
 
 
-def task_runner_name(requested: str | None = None) -> str:
+def task_runner_name(requested: str | None, settings: Settings) -> str:
     """The task runner to use: the flow parameter, else NST_TASK_RUNNER, else `thread`."""
-    name = (requested or os.environ.get("NST_TASK_RUNNER") or "thread").strip().lower()
+    name = (requested or settings.task_runner).strip().lower()
     if name not in TASK_RUNNERS:
         raise NstError(
             f"task_runner: {name!r} is not one of {', '.join(TASK_RUNNERS)}; "
@@ -73,7 +74,9 @@ class UnitPlacement:
 
 
 @contextmanager
-def placement(name: str, local_devices: list[str], job_device: str) -> Iterator[UnitPlacement]:
+def placement(
+    name: str, local_devices: list[str], job_device: str, settings: Settings
+) -> Iterator[UnitPlacement]:
     """Start the chosen runner for the flow's units; stop it (and a Ray it started) after.
 
     `local_devices` are this host's devices for the thread runner; `job_device` is the
@@ -84,13 +87,13 @@ def placement(name: str, local_devices: list[str], job_device: str) -> Iterator[
         with ThreadPoolTaskRunner(max_workers=len(local_devices)) as runner:
             yield UnitPlacement(runner, name, local_devices, hold_slot=True)
         return
-    with _ray_runner() as runner:
+    with _ray_runner(settings) as runner:
         yield _ray_placement(runner, job_device)
 
 
 @contextmanager
-def _ray_runner() -> Iterator[TaskRunner]:
-    address = os.environ.get("NST_RAY_ADDRESS", "").strip()
+def _ray_runner(settings: Settings) -> Iterator[TaskRunner]:
+    address = settings.ray_address.strip()
     local = address in ("", "local")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if local:
@@ -114,12 +117,12 @@ def _ray_runner() -> Iterator[TaskRunner]:
         # No dashboard; its own session folder (short: Ray's socket paths must fit in
         # 107 bytes).
         init_kwargs["include_dashboard"] = False
-        if os.environ.get("NST_RAY_TEMP_DIR"):
-            init_kwargs["_temp_dir"] = os.environ["NST_RAY_TEMP_DIR"]
+        if settings.ray_temp_dir:
+            init_kwargs["_temp_dir"] = settings.ray_temp_dir
         else:
             session_dir = init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        if os.environ.get("NST_RAY_NUM_CPUS"):
-            init_kwargs["num_cpus"] = int(os.environ["NST_RAY_NUM_CPUS"])
+        if settings.ray_num_cpus:
+            init_kwargs["num_cpus"] = settings.ray_num_cpus
         runner = RayTaskRunner(init_kwargs=init_kwargs)
     elif address == "auto":
         runner = RayTaskRunner(init_kwargs=init_kwargs | {"address": "auto"})

@@ -38,6 +38,8 @@ from nst_core.batch import inbox as drop_box
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import ManifestError, load_plan
 from nst_core.batch.roots import Roots
+from nst_core.engine.limits import Limits
+from nst_core.settings import Settings
 
 # A claim that never got its flow run (its watcher died) is released after this long.
 STALE_CLAIM = timedelta(minutes=10)
@@ -57,6 +59,7 @@ def watch_inbox(
     default the inbox's own bucket, or a local inbox folder's parent folder).
     """
     logger = get_run_logger()
+    limits = Settings.from_env().limits  # this tick's NST_* bounds
     roots = drop_box.roots_for(inbox, read_roots, write_roots)
     _drop_missed_ticks(inbox, logger)
     settled, held = _settle(inbox, logger)
@@ -68,16 +71,18 @@ def watch_inbox(
             if claim_id is None:  # another watcher has it, or its batch is running
                 logger.info("%s: left alone: %s", manifest, _held_by(held.get(manifest)))
                 continue
-            outcome = _start(manifest, claim_id, deployment, roots, logger)
+            outcome = _start(manifest, claim_id, deployment, roots, limits, logger)
             (started if outcome == "started" else rejected).append(manifest)
         except Exception as exc:  # one bad file never stops the watcher
             logger.error("%s: %s", manifest, exc)
     return {"started": started, "rejected": rejected, "settled": settled}
 
 
-def _start(manifest: str, claim_id: str, deployment: str, roots: Roots, logger) -> str:
+def _start(
+    manifest: str, claim_id: str, deployment: str, roots: Roots, limits: Limits, logger
+) -> str:
     try:
-        plan = load_plan(manifest, roots=roots)
+        plan = load_plan(manifest, roots=roots, limits=limits)
     except ManifestError as exc:
         drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems}, claim_id)
         logger.warning("%s: invalid, filed in failed/ (%d problems)", manifest, len(exc.problems))

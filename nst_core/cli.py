@@ -7,7 +7,6 @@ output path. Set NST_DEBUG=1 to see tracebacks of unexpected errors.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import typer
 from rich.console import Console
 
 from nst_core.cli_gallery import gallery
-from nst_core.cli_options import parse_overrides, roots_of
+from nst_core.cli_options import debug_enabled, parse_overrides, roots_of, settings
 from nst_core.errors import NstError, ParamsError
 
 app = typer.Typer(
@@ -153,10 +152,12 @@ def stylize(
     given = {k: v for k, v in locals().items() if k in StyleParams.model_fields}
     given |= {k: _split(given[k]) for k in LIST_OPTIONS if given[k] != "auto"}
     given["preserve_color"] = preserve_color or None
-    params = parse_params({k: v for k, v in given.items() if v is not None}, label=_option_label)
+    env = settings()
+    values = {k: v for k, v in given.items() if v is not None}
+    params = parse_params(values, label=_option_label, limits=env.limits)
     blend = _parse_blend(style_weights, len(styles))
     check_output(out)
-    typer.echo(stylize_file(fit_memory(one_job(content, styles, blend, params, out))))
+    typer.echo(stylize_file(fit_memory(one_job(content, styles, blend, params, out), env), env))
 
 
 MAX_JOBS_HELP = "Refuse manifests that expand to more jobs than this."
@@ -178,7 +179,8 @@ def validate(
     """Check a manifest; print OK with its job count, or every problem (exit 2)."""
     from nst_core.batch.manifest import load_plan
 
-    plan = load_plan(manifest, max_jobs=max_jobs, roots=roots_of(read_root, write_root))
+    roots, limits = roots_of(read_root, write_root), settings().limits
+    plan = load_plan(manifest, max_jobs=max_jobs, roots=roots, limits=limits)
     typer.echo(f"OK: {plan.summary()}")
 
 
@@ -194,15 +196,17 @@ def plan(
     from nst_core.batch import jobs, records
     from nst_core.batch.manifest import load_plan
 
+    limits = settings().limits
     loaded = load_plan(
         manifest,
         overrides=parse_overrides(param),
         overrides_label="--param",
         max_jobs=max_jobs,
         roots=roots_of(read_root, write_root),
+        limits=limits,
     )
     done = 0
-    all_jobs = jobs.build_jobs(loaded)
+    all_jobs = jobs.build_jobs(loaded, max_input_bytes=limits.max_input_bytes)
     for job in all_jobs:
         finished = records.done(job, records.read_record(job.record))
         done += finished
@@ -225,9 +229,10 @@ def devices(
     from nst_core.engine import calibration
     from nst_core.engine.devices import devices_for
 
+    override = settings().precision
     for name in devices_for("auto"):
         device = torch.device(name)
-        decision = calibration.decide(device, fresh=recalibrate)
+        decision = calibration.decide(device, fresh=recalibrate, override=override)
         timings = (
             f"; fp32 {decision['fp32_s']:.3f} s, bf16 {decision['bf16_s']:.3f} s per "
             f"forward + input gradient at {decision['shape']}"
@@ -266,7 +271,7 @@ def main() -> None:
         err_console.print("interrupted; nothing was written for the unfinished output")
         sys.exit(130)
     except Exception as exc:
-        if os.environ.get("NST_DEBUG"):
+        if debug_enabled():
             raise
         err_console.print(
             f"error: unexpected {type(exc).__name__}: {exc} (set NST_DEBUG=1 for a traceback)",

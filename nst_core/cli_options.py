@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from nst_core.batch.roots import Roots
-from nst_core.errors import ParamsError
+from nst_core.errors import NstError, ParamsError
+from nst_core.settings import Settings
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
@@ -21,6 +22,19 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         except yaml.YAMLError:
             overrides[key.strip()] = value
     return overrides
+
+
+def settings() -> Settings:
+    """The NST_* settings, parsed once per command (a bad one is a one-line error)."""
+    return Settings.from_env()
+
+
+def debug_enabled() -> bool:
+    """Whether NST_DEBUG asks for tracebacks (unreadable settings ask for none)."""
+    try:
+        return Settings.from_env().debug
+    except NstError:
+        return False
 
 
 def roots_of(read_root: list[str] | None, write_root: list[str] | None) -> Roots:

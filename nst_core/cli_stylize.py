@@ -20,6 +20,7 @@ from nst_core.batch import jobs, runner
 from nst_core.engine.execution import Execution
 from nst_core.engine.params import StyleParams
 from nst_core.errors import ImageError
+from nst_core.settings import Settings
 
 
 def read_input(path: Path, role: str) -> bytes:
@@ -84,12 +85,12 @@ def one_job(
     )
 
 
-def fit_memory(job: jobs.Job) -> jobs.Job:
+def fit_memory(job: jobs.Job, settings: Settings) -> jobs.Job:
     """The job as the memory budget lets it run (in tiles when it does not fit whole), as
     a batch would plan it; ImageError before any work when it fits not even in tiles."""
     from nst_core.batch.memory_plan import plan_memory
 
-    planned = plan_memory([job], job.params.device)
+    planned = plan_memory([job], job.params.device, settings.memory_budget_bytes)
     if planned.unfit:
         ((_, need),) = planned.unfit
         raise ImageError(f"{job.content}: {planned.reason(job, need)}")
@@ -97,7 +98,7 @@ def fit_memory(job: jobs.Job) -> jobs.Job:
     return replace(fitted, execution=fitted.execution.on(planned.devices[0]))
 
 
-def stylize_file(job: jobs.Job) -> str:
+def stylize_file(job: jobs.Job, settings: Settings) -> str:
     """Run `job` alone; the line to print. Raises ImageError when it fails."""
     started = time.perf_counter()
     console = Console(stderr=True)
@@ -112,7 +113,12 @@ def stylize_file(job: jobs.Job) -> str:
             bar.update(task, completed=done, total=total, losses=text)
 
         options = runner.UnitOptions(
-            force=True, claim=False, record_failures=False, progress=progress
+            force=True,
+            claim=False,
+            record_failures=False,
+            progress=progress,
+            max_input_bytes=settings.limits.max_input_bytes,
+            precision=settings.precision,
         )
         (outcome,) = runner.run_unit([job], job.execution.device, options=options)
     if outcome.status != "completed":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import uuid
 from types import SimpleNamespace
 
@@ -22,8 +24,25 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 # `precision: auto` is decided by timing once per machine (nst_core/engine/calibration.py);
-# the suite never calibrates unless a test asks, and runs in one precision on every machine.
+# the suite never calibrates unless a test asks, and runs in one precision on every machine:
+# entry points (commands, flows) read NST_PRECISION, and engine calls made directly find
+# fp32 as this machine's decision in a calibration cache of the suite's own.
 os.environ["NST_PRECISION"] = "fp32"
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nst-test-cache-")
+
+
+def _decided_fp32() -> None:
+    import torch
+
+    from nst_core.engine import calibration
+
+    path = calibration.cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = calibration.device_identity(torch.device("cpu"))
+    path.write_text(json.dumps({cpu: {"precision": "fp32", "source": "the test suite"}}))
+
+
+_decided_fp32()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from imagegen import TINY_MANIFEST, job_for, job_records, png_bytes, scene, stri
 
 from nst_core.batch import runner, storage, units
 from nst_core.engine.params import StyleParams
+from nst_core.settings import Settings
 
 
 @pytest.fixture
@@ -122,8 +123,9 @@ def test_an_input_that_grew_after_validation_fails_its_job_without_being_read_wh
         fmt="png",
     )
     content.write_bytes(png_bytes(scene()) + b"\0" * 3 * 2**20)
-    monkeypatch.setenv("NST_MAX_INPUT_MB", "2")
-    (outcome,) = runner.run_unit([job], "cpu")
+    monkeypatch.setenv("NST_MAX_INPUT_MB", "2")  # as a worker's settings would say
+    options = runner.UnitOptions(max_input_bytes=Settings.from_env().limits.max_input_bytes)
+    (outcome,) = runner.run_unit([job], "cpu", options=options)
     assert outcome.status == "failed"
     assert outcome.error.endswith("is 3.0 MB; an input may be at most 2 MB (NST_MAX_INPUT_MB)")
 
@@ -135,7 +137,8 @@ def test_a_glob_walk_stops_at_its_entry_limit(area, capsys, monkeypatch):
     ]
     monkeypatch.setenv("NST_MAX_GLOB_ENTRIES", "ten")
     assert refused(manifest(area), capsys) == [
-        "error: NST_MAX_GLOB_ENTRIES: expected a positive int, got 'ten'"
+        "error: NST_MAX_GLOB_ENTRIES: input should be a valid integer, unable to parse string "
+        "as an integer, got 'ten'"
     ]
 
 

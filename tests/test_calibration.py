@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from nst_core.engine import calibration, devices
-from nst_core.errors import ParamsError
 
 CPU = torch.device("cpu")
 
@@ -65,12 +64,18 @@ def test_a_tie_keeps_fp32_and_another_torch_measures_again(cache, monkeypatch):
 
 
 def test_the_override_wins_and_a_bad_one_is_one_line(cache, monkeypatch):
+    from nst_core.errors import NstError
+    from nst_core.settings import Settings
+
     monkeypatch.setenv("NST_PRECISION", "bf16")
+    override = Settings.from_env().precision
     never = timer(fp32=0.1, bf16=9.9)
-    assert calibration.decide(CPU, timer=never)["precision"] == "bf16" and never.calls == []
+    decision = calibration.decide(CPU, timer=never, override=override)
+    assert decision["precision"] == "bf16" and never.calls == []
+    assert devices.resolve_precision("auto", CPU, override) == "bf16"
     monkeypatch.setenv("NST_PRECISION", "fp16")
-    with pytest.raises(ParamsError, match="NST_PRECISION: expected fp32 or bf16"):
-        calibration.decide(CPU)
+    with pytest.raises(NstError, match="NST_PRECISION: input should be 'fp32' or 'bf16'"):
+        Settings.from_env()
 
 
 def test_auto_asks_the_calibration_once_per_process_and_explicit_settings_never(cache, monkeypatch):

@@ -167,12 +167,14 @@ def test_a_live_claim_within_the_longest_lease_still_holds(tmp_path):
 
 
 def test_a_claim_lease_setting_past_its_bound_is_refused_in_one_line(monkeypatch):
-    from nst_core.batch import claims
+    from nst_core.settings import Settings
 
     monkeypatch.setenv("NST_CLAIM_LEASE_S", str(10 * 365 * 86400))
     with pytest.raises(NstError) as refused:
-        claims.lease_seconds()
-    assert str(refused.value).startswith("NST_CLAIM_LEASE_S: a lease is 1 to 3600 seconds")
+        Settings.from_env()
+    assert str(refused.value) == (
+        "NST_CLAIM_LEASE_S: input should be less than or equal to 3600, got '315360000'"
+    )
 
 
 def test_an_inbox_claim_dated_in_the_future_is_released_and_its_manifest_starts(
@@ -292,3 +294,37 @@ def test_nothing_in_the_planner_or_runner_rewrites_a_users_params():
     ] + [root / "flows" / name for name in os.listdir(root / "flows") if name.endswith(".py")]
     for path in planner_and_runner:
         assert "model_copy" not in path.read_text(), path
+
+
+def test_the_readme_lists_every_setting_as_the_model_defines_it():
+    from nst_core.settings import table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = readme.split("<!-- settings-table -->\n", 1)[1].split("\n<!-- /settings-table -->")[0]
+    assert listed == table()
+
+
+def test_style_params_are_valid_or_not_whatever_the_environment(monkeypatch):
+    from nst_core.engine.limits import Limits
+    from nst_core.engine.params_parsing import parse_params
+    from nst_core.errors import ParamsError
+
+    monkeypatch.setenv("NST_MAX_SCALES", "1")
+    monkeypatch.setenv("NST_MAX_EVALUATIONS", "1")
+    asked = {"size": 128, "scales": [16, 32, 64], "iterations": 50}
+    assert StyleParams(**asked).schedule() == [16, 32, 64, 128]
+    assert parse_params(asked).scales == (16, 32, 64)  # the built-in bounds
+    with pytest.raises(ParamsError) as refused:
+        parse_params(asked, where="defaults", limits=Limits(max_scales=1))
+    assert refused.value.problems == ["defaults.scales: at most 1 scales (NST_MAX_SCALES); 3 given"]
+
+
+def test_no_module_but_the_settings_reads_an_nst_variable():
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.glob("nst_core/**/*.py"), *root.glob("flows/*.py"), *root.glob("tools/*.py")]
+    for path in sources:
+        if path.name == "settings.py":
+            continue
+        for line in path.read_text().splitlines():
+            reads = "environ" in line or "getenv" in line
+            assert not (reads and "NST_" in line), f"{path}: {line.strip()}"

@@ -18,6 +18,7 @@ from flows.batch import stylize_batch
 from nst_core.batch import storage
 from nst_core.engine import images
 from nst_core.errors import NstError
+from nst_core.settings import Settings
 
 MANIFEST = TINY_MANIFEST
 
@@ -85,10 +86,14 @@ def test_ray_runner_gives_the_thread_runners_outputs_on_s3(
 
 def test_task_runner_is_checked_by_name(monkeypatch):
     monkeypatch.setenv("NST_TASK_RUNNER", "ray")
-    assert runners.task_runner_name(None) == "ray"
-    assert runners.task_runner_name("Thread") == "thread"
+    settings = Settings.from_env()
+    assert runners.task_runner_name(None, settings) == "ray"
+    assert runners.task_runner_name("Thread", settings) == "thread"
     with pytest.raises(NstError, match="task_runner: 'dask' is not one of thread, ray"):
-        runners.task_runner_name("dask")
+        runners.task_runner_name("dask", settings)
+    monkeypatch.setenv("NST_TASK_RUNNER", "dask")
+    with pytest.raises(NstError, match="NST_TASK_RUNNER: input should be 'thread' or 'ray'"):
+        Settings.from_env()
 
 
 def _fake_cluster(monkeypatch, resources: dict, nodes: list[dict]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nst_core.batch.processes import alive
+from nst_core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "nst-gpu"
@@ -179,7 +180,8 @@ def _stop(pid: int, timeout: float) -> None:
 
 def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
-    stack = LocalStack(home=REPO / ".prefect", port=int(os.environ.get("NST_PREFECT_PORT", 4200)))
+    port = Settings.from_env().prefect_port
+    stack = LocalStack(home=REPO / ".prefect", port=port)
     if command == "up":
         pids = stack.up()
         print(

@@ -31,8 +31,8 @@ from nst_core.batch.jobs import Job
 from nst_core.batch.layout import RunLayout
 from nst_core.errors import NstError
 
-DEFAULT_LEASE_S = 180.0  # NST_CLAIM_LEASE_S; renewed every third of it
-MAX_LEASE_S = 3600.0  # the longest lease NST_CLAIM_LEASE_S may set
+DEFAULT_LEASE_S = 180.0  # NST_CLAIM_LEASE_S (settings.py); renewed every third of it
+MAX_LEASE_S = 3600.0  # the longest lease NST_CLAIM_LEASE_S may set (settings.py checks it)
 # How far hosts' clocks may disagree: a lease that ends later than MAX_LEASE_S plus this from
 # now cannot be a real holder's.
 CLOCK_SKEW_S = 300.0
@@ -41,20 +41,6 @@ _HOST = socket.gethostname()
 # Keys whose claims some JobClaims of this process holds right now.
 _HELD_IN_PROCESS: set[str] = set()
 _PROCESS_LOCK = threading.Lock()
-
-
-def lease_seconds() -> float:
-    raw = os.environ.get("NST_CLAIM_LEASE_S")
-    try:
-        lease = float(raw) if raw else DEFAULT_LEASE_S
-    except ValueError:
-        lease = -1.0
-    if not 1 <= lease <= MAX_LEASE_S:
-        raise NstError(
-            f"NST_CLAIM_LEASE_S: a lease is 1 to {MAX_LEASE_S:.0f} seconds, got {raw!r}; "
-            f"unset it for the default of {DEFAULT_LEASE_S:.0f}"
-        )
-    return lease
 
 
 def claims_folder(job: Job) -> str:
@@ -90,10 +76,14 @@ class JobClaims:
     still held is removed when it ends (a killed process leaves its claims to expire).
     """
 
-    def __init__(self, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, lease_s: float = DEFAULT_LEASE_S, warn: Callable[[str], None] | None = None
+    ) -> None:
+        if not 0 < lease_s <= MAX_LEASE_S:
+            raise NstError(f"a claim lease is at most {MAX_LEASE_S:.0f} s, got {lease_s:g}")
         self.warn = warn or (lambda line: None)
         self.owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.lease_s = lease_seconds()
+        self.lease_s = lease_s
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -215,11 +215,16 @@ def probe_input(uri: str, data: bytes) -> InputFile:
 
 
 def build_jobs(
-    plan: Plan, *, key_digits: int = KEY_DIGITS, read_roots: tuple[str, ...] | None = None
+    plan: Plan,
+    *,
+    key_digits: int = KEY_DIGITS,
+    read_roots: tuple[str, ...] | None = None,
+    max_input_bytes: int = Limits().max_input_bytes,
 ) -> list[Job]:
-    """Key every job of a plan (reading each input once); duplicates collapse into one, and
-    two distinct jobs that would write one output are refused (NstError naming both)."""
-    limit = Limits.current().max_input_bytes
+    """Key every job of a plan (reading each input once, refusing one over
+    `max_input_bytes`); duplicates collapse into one, and two distinct jobs that would write
+    one output are refused (NstError naming both)."""
+    limit = max_input_bytes
     planned: dict[str, InputFile] = {}
 
     def input_file(uri: str) -> InputFile:

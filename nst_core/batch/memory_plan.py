@@ -22,13 +22,13 @@ class MemoryPlan:
         return units.unfit_reason(job, need, self.budget)
 
 
-def plan_memory(jobs: list[Job], device: str) -> MemoryPlan:
+def plan_memory(jobs: list[Job], device: str, budget_bytes: int | None = None) -> MemoryPlan:
     """Fit `jobs` to the budget of the first device `device` (a StyleParams device setting)
-    stands for."""
+    stands for: `budget_bytes` (the settings' NST_MEMORY_BUDGET_GB) or the device's own."""
     from nst_core.engine.devices import devices_for  # torch: only once there is work
 
     devices = devices_for(device)
-    budget = units.memory_budget_bytes(devices[0])
+    budget = units.memory_budget_bytes(devices[0], budget_bytes)
     host_history = units.history_may_go_to_host(devices[0])
     fitting, unfit = units.split_unfit(jobs, budget, host_history=host_history)
     return MemoryPlan(devices=devices, budget=budget, fitting=fitting, unfit=unfit)

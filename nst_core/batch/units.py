@@ -161,11 +161,11 @@ def _tile_sizes(params: StyleParams, longest: int) -> range:
     return range((longest - 1) // align * align, align - 1, -align)
 
 
-def memory_budget_bytes(device: str) -> int:
-    """NST_MEMORY_BUDGET_GB, else 80% of a CUDA device's memory, else 4 GB on the CPU."""
-    setting = os.environ.get("NST_MEMORY_BUDGET_GB")
-    if setting:
-        return int(float(setting) * 1024**3)
+def memory_budget_bytes(device: str, setting: int | None = None) -> int:
+    """`setting` (NST_MEMORY_BUDGET_GB, in bytes), else 80% of a CUDA device's memory, else
+    4 GB on the CPU."""
+    if setting is not None:
+        return setting
     if device.startswith("cuda"):
         import torch
 

@@ -60,14 +60,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def decide(device: torch.device, *, timer: Timer | None = None, fresh: bool = False) -> dict:
-    """The precision `auto` means on `device`: {precision, source, and the timings}."""
-    override = os.environ.get(OVERRIDE)
+def decide(
+    device: torch.device,
+    *,
+    timer: Timer | None = None,
+    fresh: bool = False,
+    override: str | None = None,
+) -> dict:
+    """The precision `auto` means on `device`: {precision, source, and the timings}.
+    `override` (the settings' NST_PRECISION) decides without measuring."""
     if override:
-        if override not in ("fp32", "bf16"):
-            from nst_core.errors import ParamsError
-
-            raise ParamsError([f"{OVERRIDE}: expected fp32 or bf16, got {override!r}"])
         return {"precision": override, "source": OVERRIDE}
     if device.type == "mps" or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
         return {"precision": "fp32", "source": "no bf16 autocast on this device"}

@@ -36,7 +36,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, override: str | None = None) -> str:
+    """The precision a job runs in: as asked, or for `auto` the `override` given (the
+    settings' NST_PRECISION) or what calibration measured on this device."""
+    if precision == "auto" and override:
+        precision = override
     if precision != "auto":
         if precision == "bf16" and device.type == "mps":
             raise ParamsError(["precision: bf16 autocast is not supported on mps; use fp32"])

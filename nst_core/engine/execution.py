@@ -26,6 +26,9 @@ class Execution:
     device: str = "auto"
     tile: int | None = None
     history_on: HistoryOn = "device"
+    # What `precision: auto` means for this batch when the settings say (NST_PRECISION);
+    # None: calibration's measured choice.
+    precision: Literal["fp32", "bf16"] | None = None
 
     @classmethod
     def asked(cls, params: StyleParams) -> Execution:
@@ -37,9 +40,10 @@ class Execution:
             history_on="host" if params.lbfgs_history_on == "host" else "device",
         )
 
-    def on(self, device: str) -> Execution:
-        """The same decisions on the device a unit was given."""
-        return replace(self, device=device)
+    def on(self, device: str, precision: str | None = None) -> Execution:
+        """The same decisions on the device a unit was given (and with `auto` precision
+        meaning `precision`, when the settings fix it)."""
+        return replace(self, device=device, precision=precision or self.precision)
 
     def tile_size(self, size: tuple[int, int]) -> int | None:
         """The tile a scale of `size` (width, height) runs with, or None for whole."""

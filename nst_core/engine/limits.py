@@ -1,20 +1,24 @@
-"""Bounds on the work one manifest may ask for, each changeable by an environment variable.
+"""Bounds on the work one job may ask for.
 
 A manifest dropped into an inbox is written by someone else, and even a team's own manifest
 can ask for far more than it means to (a typo of a zero). Every cost a job has is bounded at
 validation, so a runaway request fails with one line before anything is read or computed.
-The README's "Bounds" table lists these; they are read from the environment when used.
+The bounds in force come from the settings (nst_core/settings.py: `NST_MAX_*`), handed to
+whoever validates; a StyleParams on its own is valid or not whatever the environment.
 """
 
-import os
-from dataclasses import dataclass, fields
+from __future__ import annotations
 
-from nst_core.errors import NstError
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nst_core.engine.params import StyleParams
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The bounds in force; `current()` reads them from the environment (NST_ + NAME)."""
+    """The bounds in force (defaults here; each is the setting NST_ + its upper-case name)."""
 
     max_input_mb: float = 64  # one content or style object
     max_blend_styles: int = 16  # styles in one blend
@@ -28,24 +32,48 @@ class Limits:
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 2**20)
 
-    @classmethod
-    def current(cls) -> "Limits":
-        values = {}
-        for field in fields(cls):
-            name = env_name(field.name)
-            raw = os.environ.get(name, "").strip()
-            if not raw:
-                continue
-            try:
-                value = field.type(raw)
-            except ValueError:
-                value = 0
-            if value <= 0:
-                raise NstError(f"{name}: expected a positive {field.type.__name__}, got {raw!r}")
-            values[field.name] = value
-        return cls(**values)
-
-
-def env_name(field: str) -> str:
-    """The environment variable that sets a bound: max_scales -> NST_MAX_SCALES."""
-    return f"NST_{field.upper()}"
+    def problems(self, params: StyleParams) -> list[tuple[str, str]]:
+        """(field, message) for each cost of `params` over its bound; field "" for the first
+        of the costs that several fields decide together (a later one often follows from it:
+        too many evaluations make too many history rows)."""
+        found = []
+        together = []
+        if isinstance(params.scales, tuple) and len(params.scales) > self.max_scales:
+            found.append(
+                (
+                    "scales",
+                    f"at most {self.max_scales} scales (NST_MAX_SCALES); "
+                    f"{len(params.scales):,} given",
+                )
+            )
+        side = round(params.size * params.style_scale)
+        if side > self.max_style_side:
+            together.append(
+                (
+                    "",
+                    f"size {params.size} x style_scale {params.style_scale:g} makes the style "
+                    f"image {side:,} px; the limit is {self.max_style_side:,} (NST_MAX_STYLE_SIDE)",
+                )
+            )
+        scales = len(params.schedule())
+        evaluations = params.iterations * scales
+        if evaluations > self.max_evaluations:
+            together.append(
+                (
+                    "",
+                    f"iterations {params.iterations:,} x {scales} scales is {evaluations:,} "
+                    f"evaluations; the limit is {self.max_evaluations:,} per job "
+                    "(NST_MAX_EVALUATIONS)",
+                )
+            )
+        rows = evaluations // params.history_every
+        if rows > self.max_history_rows:
+            together.append(
+                (
+                    "",
+                    f"history_every {params.history_every} records {rows:,} history rows; the "
+                    f"limit is {self.max_history_rows:,} (NST_MAX_HISTORY_ROWS): raise "
+                    "history_every",
+                )
+            )
+        return found + together[:1]

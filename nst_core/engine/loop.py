@@ -109,7 +109,7 @@ def stylize_batch(
     width, height = out_sizes.pop()
     execution = execution or Execution.asked(params)
     device = resolve_device(execution.device)
-    precision = resolve_precision(params.precision, device)
+    precision = resolve_precision(params.precision, device, execution.precision)
     schedule = [images.fit_size(width, height, s) for s in params.schedule()]
     check_sizes(pairs, schedule, network_layers(params))
     features = Features(network or network_for(params, device), device, precision)

@@ -11,7 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nst_core.engine.layers import LAYER_NAMES
-from nst_core.engine.limits import Limits
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -172,9 +171,6 @@ class StyleParams(BaseModel):
             return None  # `[]` (`--scales ''`) asks, like null, for `size` alone
         if any(s < 16 for s in scales):
             raise ValueError("every scale must be at least 16 px")
-        limit = Limits.current().max_scales
-        if len(scales) > limit:
-            raise ValueError(f"at most {limit} scales (NST_MAX_SCALES); {len(scales):,} given")
         return scales
 
     @model_validator(mode="after")
@@ -188,30 +184,7 @@ class StyleParams(BaseModel):
             )
         if isinstance(self.scales, tuple) and max(self.scales) > self.size:
             raise ValueError(f"scales must not exceed size ({self.size}), got {max(self.scales)}")
-        self._within(Limits.current())
         return self
-
-    def _within(self, limits: Limits) -> None:
-        """The costs that only fields together decide, each against its bound."""
-        side = round(self.size * self.style_scale)
-        if side > limits.max_style_side:
-            raise ValueError(
-                f"size {self.size} x style_scale {self.style_scale:g} makes the style image "
-                f"{side:,} px; the limit is {limits.max_style_side:,} (NST_MAX_STYLE_SIDE)"
-            )
-        evaluations = self.iterations * len(self.schedule())
-        if evaluations > limits.max_evaluations:
-            raise ValueError(
-                f"iterations {self.iterations:,} x {len(self.schedule())} scales is "
-                f"{evaluations:,} evaluations; the limit is {limits.max_evaluations:,} per job "
-                "(NST_MAX_EVALUATIONS)"
-            )
-        rows = evaluations // self.history_every
-        if rows > limits.max_history_rows:
-            raise ValueError(
-                f"history_every {self.history_every} records {rows:,} history rows; the limit "
-                f"is {limits.max_history_rows:,} (NST_MAX_HISTORY_ROWS): raise history_every"
-            )
 
     def resolved_style_weight(self) -> float:
         """The style weight the optimisation uses: style_weight when given, else strength's

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from nst_core.engine.limits import Limits
 from nst_core.engine.params import StyleParams
 from nst_core.errors import ParamsError
 
@@ -17,18 +18,24 @@ def parse_params(
     where: str = "params",
     base: StyleParams | None = None,
     label: Callable[[str], str] | None = None,
+    limits: Limits | None = None,
 ) -> StyleParams:
-    """StyleParams from plain values (over `base`), or ParamsError listing every problem.
+    """StyleParams from plain values (over `base`), or ParamsError listing every problem,
+    its costs checked against `limits` (the settings' bounds; default: the built-in ones).
 
     Each problem reads `KEY: message`, where KEY is `where.field` unless `label` maps field
     names to what the user typed (CLI options), so one function serves every entry point.
     """
     merged = {**(base.model_dump() if base else {}), **values}
+    label = label or (lambda field: f"{where}.{field}" if field else where)
     try:
-        return StyleParams(**merged)
+        params = StyleParams(**merged)
     except ValidationError as exc:
-        label = label or (lambda field: f"{where}.{field}" if field else where)
         raise ParamsError(format_validation_errors(exc, label)) from None
+    over = (limits or Limits()).problems(params)
+    if over:
+        raise ParamsError([f"{label(field)}: {message}" for field, message in over])
+    return params
 
 
 def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) -> list[str]:

@@ -36,15 +36,17 @@ def expand(
     overrides_label: str = "params",
     max_jobs: int = DEFAULT_MAX_JOBS,
     roots: Roots | None = None,
+    limits: Limits | None = None,
 ) -> Plan:
     """Resolve URIs against the manifest's location, merge parameters, expand globs.
 
     Parameters merge in this order: built-in defaults, the manifest's `defaults`, the run's
     `overrides` (flow or CLI), then a pair's own `params`, the most specific. Every URI is
-    checked against `roots` before it is touched.
+    checked against `roots` before it is touched, and every cost against `limits` (the
+    settings' bounds; default: the built-in ones).
     """
     roots = roots or Roots()
-    limits = Limits.current()
+    limits = limits or Limits()
     # A manifest from S3 or run with roots is confined: it may not name a weights file. The
     # run's overrides are the operator's own and may.
     confined = storage.is_s3(uri) or roots.restricted
@@ -52,7 +54,9 @@ def expand(
     name = manifest.name or storage.stem(uri)
     if not re.match(NAME_PATTERN, name):
         problems.add("name", f"the file stem {name!r} is not a valid batch name; set name")
-    params = _Params(problems, confined, manifest.defaults, overrides or {}, overrides_label)
+    params = _Params(
+        problems, confined, manifest.defaults, overrides or {}, overrides_label, limits
+    )
     defaults = params.merged({}, "defaults")
     resolver = Resolver(uri, roots, limits, problems)
     output = resolver.output(manifest.output, name)
@@ -96,8 +100,10 @@ class _Params:
         defaults: dict,
         overrides: dict,
         overrides_label: str,
+        limits: Limits,
     ):
         self.problems = problems
+        self.limits = limits
         self.confined = confined
         self.base = self.checked(defaults, "defaults")
         self.override = self.checked(overrides, overrides_label, from_manifest=False)
@@ -124,7 +130,8 @@ class _Params:
         if own is None or self.base is None or self.override is None:
             return None
         try:
-            return parse_params({**self.base, **self.override, **own}, where=where)
+            values = {**self.base, **self.override, **own}
+            return parse_params(values, where=where, limits=self.limits)
         except ParamsError as exc:
             self.problems.extend(exc.problems)
             return None

@@ -17,6 +17,7 @@ from nst_core.batch.manifest.guard import MAX_MANIFEST_BYTES
 from nst_core.batch.manifest.plan import Plan
 from nst_core.batch.manifest.schema import parse_manifest
 from nst_core.batch.roots import Roots
+from nst_core.engine.limits import Limits
 
 
 def load_plan(
@@ -27,11 +28,13 @@ def load_plan(
     max_jobs: int = DEFAULT_MAX_JOBS,
     roots: Roots | None = None,
     expect_sha256: str | None = None,
+    limits: Limits | None = None,
 ) -> Plan:
     """Read, validate and expand the manifest at `uri` (local path or s3://).
 
     `roots` limits what the manifest may read and write; `expect_sha256` refuses a manifest
-    whose bytes changed since someone validated it (the inbox pins what it checked).
+    whose bytes changed since someone validated it (the inbox pins what it checked);
+    `limits` bounds its costs (the settings' NST_MAX_*; default: the built-in bounds).
     """
     storage.check_uri(uri)
     try:
@@ -57,6 +60,7 @@ def load_plan(
         overrides_label=overrides_label,
         max_jobs=max_jobs,
         roots=roots,
+        limits=limits,
     )
     return dataclasses.replace(plan, sha256=sha)
 

@@ -31,7 +31,8 @@ _CREDENTIALS_HINT = "S3 rejected the credentials (check AWS_ACCESS_KEY_ID / AWS_
 
 # --------------------------------------------------------------------------- client
 
-# Environment that shapes the client: a change (e.g. in tests) must build a new one.
+# Environment that shapes the client: a change (e.g. in tests) must build a new one. boto3
+# reads the AWS_* itself; the client's retries and timeouts are settings (settings.py).
 _CLIENT_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
@@ -41,19 +42,20 @@ _CLIENT_ENV = (
     "AWS_PROFILE",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
-    "NST_S3_MAX_ATTEMPTS",
-    "NST_S3_CONNECT_TIMEOUT",
-    "NST_S3_READ_TIMEOUT",
 )
 _client_lock = threading.Lock()
 
 
 def s3_client():
     """The process-wide boto3 S3 client for the current environment (thread-safe)."""
+    from nst_core.settings import Settings
+
     env = tuple(os.environ.get(k) for k in _CLIENT_ENV)
+    settings = Settings.from_env()  # the client is built where storage is first used
+    tuning = (settings.s3_max_attempts, settings.s3_connect_timeout, settings.s3_read_timeout)
     # Building clients is not thread-safe in boto3; using one is.
     with _client_lock:
-        return _build_client(env)
+        return _build_client(env, tuning)
 
 
 def reset_clients() -> None:
@@ -63,7 +65,7 @@ def reset_clients() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _build_client(env: tuple[str | None, ...]):
+def _build_client(env: tuple[str | None, ...], tuning: tuple[int, float, float]):
     import boto3
     from botocore.config import Config
 
@@ -77,9 +79,9 @@ def _build_client(env: tuple[str | None, ...]):
     custom_endpoint = values["AWS_ENDPOINT_URL"] or values["AWS_ENDPOINT_URL_S3"]
     config = Config(
         region_name=region,
-        retries={"mode": "standard", "max_attempts": int(values["NST_S3_MAX_ATTEMPTS"] or 5)},
-        connect_timeout=float(values["NST_S3_CONNECT_TIMEOUT"] or 5),
-        read_timeout=float(values["NST_S3_READ_TIMEOUT"] or 30),
+        retries={"mode": "standard", "max_attempts": tuning[0]},
+        connect_timeout=tuning[1],
+        read_timeout=tuning[2],
         max_pool_connections=32,  # batch jobs use thread pools; the default of 10 thrashes
         s3={"addressing_style": "path"} if custom_endpoint else None,
     )
