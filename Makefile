@@ -10,7 +10,7 @@ else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test lint format clean
+.PHONY: demo check test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,21 @@ demo: $(VENV)/.installed
 # it downloads a browser build). Installed here when missing; CI runs as root.
 CHROMIUM ?= /usr/bin/chromium
 
+# The fast lane, what to run while working (a few minutes on 2 cores): lint, the import
+# contracts, and every test that starts no server, browser, cluster or subprocess (a test's
+# lane follows from the fixtures it uses: tests/conftest.py).
+check: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -m "not integration" -q
+
+# The whole suite, what CI runs: the fast lane plus every integration test.
 test: $(VENV)/.installed-test
 	@test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

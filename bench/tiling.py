@@ -28,7 +28,7 @@ from bench.memory import _restart_rss_peak, _status_bytes
 from nst_core.batch import units
 from nst_core.engine.images import fit_size
 from nst_core.engine.layers import reach
-from nst_core.engine.loop import _Scales, network_for, network_layers, stylize
+from nst_core.engine.loop import Scales, network_for, network_layers, stylize
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features
 from nst_core.engine.params import StyleParams
@@ -56,9 +56,7 @@ def scene(size: int):
     features = Features(network_for(params, "cpu"), torch.device("cpu"), "fp32")
     pair = Pair(content, [style], params)
     targets = Targets([pair], torch.device("cpu"), features, GramCache(), gram, ("bench",))
-    objective, start = _Scales(targets, LBFGSSteps, None, 1).objective(
-        fit_size(*content.size, size)
-    )
+    objective, start = Scales(targets, LBFGSSteps, None, 1).objective(fit_size(*content.size, size))
     point = (start + 0.1 * torch.randn_like(start)).clamp(0, 1)
     return objective, point, params
 

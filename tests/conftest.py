@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import uuid
 from types import SimpleNamespace
@@ -43,6 +44,77 @@ def _decided_fp32() -> None:
 
 
 _decided_fp32()
+
+
+# --------------------------------------------------------------------------- lanes
+# `make check` runs the fast lane: every test that starts no server, browser, cluster or
+# subprocess. A test's lane follows from the fixtures it uses (directly or through other
+# fixtures): one of these puts it in the `integration` lane, which only `make test` runs.
+STARTS_SOMETHING = {
+    "s3_server": "a SeaweedFS server",
+    "prefect_server": "a Prefect server",
+    "browser": "Chromium",
+    "local_ray": "a Ray cluster",
+    "spawn": "child processes",
+}
+# Parametrised fixtures whose some values start something.
+STARTS_SOMETHING_WHEN = {"storage_root": {"s3"}}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        heavy = set(item.fixturenames) & set(STARTS_SOMETHING) or any(
+            params.get(name) in values for name, values in STARTS_SOMETHING_WHEN.items()
+        )
+        if heavy:
+            item.add_marker(pytest.mark.integration)
+
+
+class _Spawner:
+    """subprocess.run and Popen for a test; what is still running at its end is killed."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def run(self, *args, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(*args, **kwargs)
+
+    def popen(self, *args, **kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(*args, **kwargs)
+        self.started.append(process)
+        return process
+
+
+@pytest.fixture
+def spawn():
+    """Child processes (`spawn.run`, `spawn.popen`): the way a test starts one, which puts
+    it in the integration lane. Any still running when the test ends is killed."""
+    spawner = _Spawner()
+    yield spawner
+    for process in spawner.started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane_starts_no_process(request, monkeypatch):
+    """A fast-lane test that starts a child process fails at once: it must take `spawn`
+    (or a server fixture), so that `make check` stays fast and needs nothing running."""
+    if request.node.get_closest_marker("integration"):
+        return
+
+    def refused(*args, **kwargs):
+        raise AssertionError(
+            "this test starts a child process: take the `spawn` fixture, which puts it in "
+            "the integration lane"
+        )
+
+    monkeypatch.setattr(subprocess, "Popen", refused)
+
+
+# --------------------------------------------------------------------------- images
 
 
 @pytest.fixture

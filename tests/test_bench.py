@@ -1,7 +1,6 @@
 """The benchmark's own arithmetic and baseline (speed itself is measured in bench/, not here)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,11 +34,11 @@ def test_baseline_spends_exactly_its_evaluations_and_lowers_the_evaluated_loss()
     assert image.min() >= 0 and image.max() <= 1
 
 
-def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path):
+def test_gpu_benchmark_runs_every_section_end_to_end_at_toy_sizes(tmp_path, spawn):
     # The GPU script only runs on a lent machine, minutes of which are scarce: it must not
     # reach one broken. --dry-run takes every section's code path at 32 px on the CPU.
     out = tmp_path / "gpu.json"
-    done = subprocess.run(
+    done = spawn.run(
         [sys.executable, "-m", "bench.gpu", str(out), "--dry-run", "--no-compile"],
         cwd=ROOT,
         capture_output=True,

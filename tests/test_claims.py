@@ -111,8 +111,8 @@ def test_an_expired_claim_is_taken_over_and_removed(unit, engine_calls):
     assert storage.list_prefix(claims.claims_folder(unit[0])) == []
 
 
-def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(unit, engine_calls):
-    dead = subprocess.run(
+def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(unit, engine_calls, spawn):
+    dead = spawn.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         text=True,
         capture_output=True,
@@ -124,7 +124,7 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(unit, engi
     assert [o.status for o in runner.run_unit(unit[:1], "cpu")] == ["completed"]
 
 
-def test_two_nst_runs_started_together_compute_each_job_once(tmp_path):
+def test_two_nst_runs_started_together_compute_each_job_once(tmp_path, spawn):
     """Two `nst run` of one manifest, each on its own embedded Prefect server (two laptops'
     terminals, or a cron job and a person): 4 jobs, 4 optimisations, both exit 0."""
     uri = write_batch(str(tmp_path), TINY_MANIFEST.replace("iterations: 6", "iterations: 60"))
@@ -134,7 +134,7 @@ def test_two_nst_runs_started_together_compute_each_job_once(tmp_path):
         "NST_MEMORY_BUDGET_GB": ONE_JOB_PER_UNIT_GB,
     }
     runs = [
-        subprocess.Popen(
+        spawn.popen(
             [sys.executable, "-m", "flows.cli", "run", uri],
             env=env | {"PREFECT_HOME": str(tmp_path / f"home-{n}")},
             stdout=subprocess.PIPE,

@@ -90,10 +90,16 @@ def deployment_run(
 
 
 def completed_records(prefix: str) -> list[dict]:
+    """The completed job records under `prefix`. Job claims (`_claims/`) are JSON too, and a
+    running batch removes each right after its record lands: listed, they may be gone by the
+    time they would be read, so they are not listed as records at all."""
     found = [
         json.loads(storage.read_bytes(uri))
         for uri in storage.list_prefix(prefix)
-        if uri.endswith(".json") and "/_runs/" not in uri and "/out/" in uri
+        if uri.endswith(".json")
+        and "/out/" in uri
+        and "/_runs/" not in uri
+        and "/_claims/" not in uri
     ]
     return [r for r in found if r.get("status") == "completed"]
 

@@ -120,7 +120,7 @@ def test_batched_units_match_one_by_one(tmp_path, prefect_server, monkeypatch):
     assert pairs == 4
 
 
-def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
+def test_killed_run_resumes_and_completes_every_job_once(tmp_path, spawn):
     """`nst run` on its embedded server, SIGKILLed mid-batch (while it may hold the device's
     concurrency slot), then run again: every job completes exactly once."""
     uri = make_batch(str(tmp_path), MANIFEST.replace("iterations: 6", "iterations: 40"))
@@ -133,7 +133,7 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
     nst = [sys.executable, "-m", "flows.cli", "run", uri]
     log = tmp_path / "first.log"
     with log.open("wb") as output:
-        first = subprocess.Popen(
+        first = spawn.popen(
             nst, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     deadline = time.monotonic() + 240
@@ -146,7 +146,7 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path):
     assert 1 <= len(done_before) < 4, "the kill should land mid-batch"
     for record in job_records(str(tmp_path)).values():  # nothing half-written
         assert Path(record["output"]).exists()
-    second = subprocess.run(nst, env=env, capture_output=True, text=True, timeout=400)
+    second = spawn.run(nst, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
     found = job_records(str(tmp_path))
     assert len(found) == 4 and all(r["status"] == "completed" for r in found.values())

@@ -9,7 +9,6 @@ batch derives itself. tests/test_manifest.py covers the plainer schema rejection
 
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -194,7 +193,7 @@ def test_thousands_of_problems_are_listed_up_to_a_cap(area, capsys, no_flow):
 
 
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
-def test_a_manifest_that_is_not_a_regular_file_is_refused_without_reading(tmp_path, special):
+def test_a_manifest_that_is_not_a_regular_file_is_refused_without_reading(tmp_path, special, spawn):
     # A FIFO would block the reader and /dev/zero never ends: in a subprocess with a timeout
     # and a memory cap, so that a regression fails instead of eating the machine's memory.
     path = str(tmp_path / "pipe.yaml") if special == "fifo" else special
@@ -204,7 +203,7 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused_without_reading(tmp_pa
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    out = subprocess.run(
+    out = spawn.run(
         [sys.executable, "-m", "flows.cli", "validate", path],
         cwd=ROOT,
         capture_output=True,

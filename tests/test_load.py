@@ -5,7 +5,6 @@ import io
 import json
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from bench.load import write_batch
@@ -23,7 +22,6 @@ def outputs(folder: Path) -> tuple[list[dict], list[Path]]:
     return records, sorted(out.glob("*.png"))
 
 
-@pytest.mark.slow
 def test_60_jobs_complete_once_each_and_a_rerun_skips_them(tmp_path, prefect_server):
     manifest = write_batch(tmp_path, CONTENTS, STYLES, "load-60")
     run = stylize_batch.with_options(timeout_seconds=300)

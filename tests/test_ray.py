@@ -44,7 +44,6 @@ def local_ray(monkeypatch):
     shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow
 def test_ray_runner_gives_the_thread_runners_outputs_on_s3(
     local_ray, s3_bucket, prefect_server, monkeypatch
 ):

@@ -9,7 +9,7 @@ from nst_core.batch import demo, jobs, units
 from nst_core.engine import images
 from nst_core.engine.execution import Execution
 from nst_core.engine.layers import reach
-from nst_core.engine.loop import _Scales, network_for, network_layers, stylize
+from nst_core.engine.loop import Scales, network_for, network_layers, stylize
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features
 from nst_core.engine.params import StyleParams
@@ -45,7 +45,7 @@ def scene():
     pair = Pair(demo.town(96, 80), [demo.swirls(64, 64)], params)
     features = Features(network_for(params, "cpu"), torch.device("cpu"), "fp32")
     targets = Targets([pair], torch.device("cpu"), features, GramCache(), gram, ("test",))
-    objective, content = _Scales(targets, LBFGSSteps, None, 1).objective((96, 80))
+    objective, content = Scales(targets, LBFGSSteps, None, 1).objective((96, 80))
     point = (content + 0.1 * torch.randn_like(content)).clamp(0, 1)
     return features, objective, content, point, objective.evaluate(point)
 
@@ -170,7 +170,7 @@ def test_with_the_default_halo_the_deepest_layers_are_within_the_documented_boun
     pair = Pair(demo.town(256, 192), [demo.swirls(128, 128)], params)
     features = Features(network_for(params, "cpu"), torch.device("cpu"), "fp32")
     targets = Targets([pair], torch.device("cpu"), features, GramCache(), gram, ("test",))
-    objective, content = _Scales(targets, LBFGSSteps, None, 1).objective((256, 192))
+    objective, content = Scales(targets, LBFGSSteps, None, 1).objective((256, 192))
     point = (content + 0.1 * torch.randn_like(content)).clamp(0, 1)
     total, _, grad = objective.evaluate(point)
     tiling = Tiling.for_layers(64, network_layers(params))

@@ -1,6 +1,5 @@
 import importlib.resources
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -74,10 +73,10 @@ def test_feature_stack_is_torchvisions_vgg19_with_relus_not_in_place():
         assert repr(mine) == repr(reference)
 
 
-def test_the_engine_does_not_import_torchvision():
+def test_the_engine_does_not_import_torchvision(spawn):
     # Importing torchvision costs every worker and CLI process over a second (BENCHMARKS.md).
     code = "import sys, nst_core.engine.loop, nst_core.cli; print('torchvision' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = spawn.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from nst_core.batch import records, storage
+from nst_core.batch.gallery_model import Gallery, GalleryJob, Thumb
+from nst_core.batch.gallery_page import render
 from nst_core.batch.layout import RUNS, THUMBS, RunLayout
 from nst_core.batch.records import JobEntry, Record, Summary
 from nst_core.batch.thumbnails import (
@@ -34,40 +34,6 @@ _THUMB_NAME = re.compile(r"^([0-9a-f]{20})\.(\d+)x(\d+)\.jpg$")
 WORKERS = 8
 
 
-@dataclass(frozen=True)
-class Thumb:
-    """A thumbnail as the page links it: relative to the run folder, with its size."""
-
-    href: str
-    width: int
-    height: int
-
-    @property
-    def name(self) -> str:
-        return self.href.rsplit("/", 1)[-1]
-
-
-@dataclass
-class GalleryJob:
-    entry: JobEntry
-    record: Record | None  # None when missing, unreadable or another job's
-    thumb: Thumb | None = None  # of the output; None when there is none to show
-
-
-@dataclass
-class Gallery:
-    """Everything the page shows: the run's summary, its jobs, and the input thumbnails."""
-
-    summary: Summary
-    jobs: list[GalleryJob]
-    inputs: dict[str, Thumb | None] = field(default_factory=dict)  # by content or style URI
-
-    def thumbnail_uris(self, layout: RunLayout) -> dict[str, str]:
-        """{an output's or input's URI: its thumbnail's}, for each image that has one."""
-        shown = {job.entry.output: job.thumb for job in self.jobs} | self.inputs
-        return {uri: f"{layout.thumbs}/{thumb.name}" for uri, thumb in shown.items() if thumb}
-
-
 def write_gallery(layout: RunLayout, summary: Summary) -> str:
     """Write the run's page (and any thumbnail it lacks); returns the page's URI."""
     return write_page(layout, collect(layout, summary))
@@ -75,8 +41,6 @@ def write_gallery(layout: RunLayout, summary: Summary) -> str:
 
 def write_page(layout: RunLayout, gallery: Gallery) -> str:
     """Write the page of what `collect` gathered; returns its URI."""
-    from nst_core.batch.gallery_page import render
-
     uri = layout.gallery(gallery.summary.run)
     storage.write_bytes(uri, render(gallery).encode(), content_type="text/html; charset=utf-8")
     return uri
@@ -145,12 +109,6 @@ def split_run_folder(run_folder: str) -> tuple[str, str]:
     if storage.name(runs) != RUNS or storage.name(folder) in ("", THUMBS):
         raise ValueError(f"not a run folder (expected OUTPUT/{RUNS}/RUN): {run_folder}")
     return storage.parent(runs), storage.name(folder)
-
-
-def output_href(uri: str) -> str:
-    """A job's output or record as linked from its run folder. RunLayout puts both directly
-    in the output folder, so the name alone says where, wherever the folder was moved."""
-    return f"../../{quote(storage.name(uri), safe='')}"
 
 
 def _own_record(entry: JobEntry) -> Record | None:

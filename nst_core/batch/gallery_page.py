@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 from nst_core.batch import storage
-from nst_core.batch.gallery import Gallery, GalleryJob, Thumb, output_href
+from nst_core.batch.gallery_model import Gallery, GalleryJob, Thumb, output_href
 from nst_core.batch.records import STATUSES, JobEntry, StyleRef
 
 ASSETS = resources.files("nst_core.batch") / "gallery_assets"

@@ -117,7 +117,7 @@ def stylize_batch(
     network_key = (params.weights, params.pooling, params.style_layers, features.bf16, str(device))
     targets = Targets(pairs, device, features, cache or GramCache(), gram_of, network_key)
     optimizer = optimizer or optimizer_for(params, execution.history_on)
-    run = _Scales(targets, optimizer, progress, len(schedule), execution)
+    run = Scales(targets, optimizer, progress, len(schedule), execution)
 
     started = time.perf_counter()
     x = None
@@ -141,7 +141,7 @@ def stylize_batch(
     ]
 
 
-class _Scales:
+class Scales:
     """The scales of one batch in turn: evaluations counted, history kept, best point."""
 
     def __init__(
