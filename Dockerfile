@@ -12,6 +12,7 @@ WORKDIR /opt/nst-batch
 COPY pyproject.toml README.md prefect.yaml ./
 COPY nst_core ./nst_core
 COPY flows ./flows
+COPY nst_cli ./nst_cli
 COPY manifests ./manifests
 # The same package `make` installs (there editable, with .venv); fail the build if the
 # bundled weights cannot be read.

@@ -160,7 +160,7 @@ def run_batch(manifest: Path, prefect_home: Path, log: Path, timeout_s: float) -
     }
     env.pop("PREFECT_API_URL", None)
     env.pop("NST_MEMORY_BUDGET_GB", None)
-    command = [sys.executable, "-m", "flows.cli", "run", str(manifest)]
+    command = [sys.executable, "-m", "nst_cli", "run", str(manifest)]
     started, spawned = time.perf_counter(), datetime.now()
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from flows import cli
+from nst_cli import app as cli
 
 
 def run_cli(args, capsys):

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_PACKAGES = ("nst_core", "flows", "tools", "bench")
+SOURCE_PACKAGES = ("nst_cli", "nst_core", "flows", "tools", "bench")
 # Imported only by the optional Ray runner (flows/runners.py), declared in the `ray` extra.
 OPTIONAL = {"prefect_ray": "ray", "ray": "ray"}
 
@@ -83,7 +83,7 @@ def test_every_package_the_code_imports_is_declared():
     runtime = {_normal(re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0]) for s in project["dependencies"]}
     owners = metadata.packages_distributions()
     missing = []
-    for path in _sources("nst_core", "flows"):
+    for path in _sources("nst_cli", "nst_core", "flows"):
         for module, _, line in _imports(path):
             top = module.split(".")[0]
             if top in sys.stdlib_module_names or top in SOURCE_PACKAGES:

@@ -135,7 +135,7 @@ def test_two_nst_runs_started_together_compute_each_job_once(tmp_path, spawn):
     }
     runs = [
         spawn.popen(
-            [sys.executable, "-m", "flows.cli", "run", uri],
+            [sys.executable, "-m", "nst_cli", "run", uri],
             env=env | {"PREFECT_HOME": str(tmp_path / f"home-{n}")},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -158,7 +158,7 @@ def test_console_script_runs_end_to_end(image_files, tmp_path, spawn):
     content, style = image_files
     out = tmp_path / "cli.png"
     nst = spawn.run(
-        [sys.executable, "-m", "flows.cli", "stylize", content, style, "-o", out, *FAST],
+        [sys.executable, "-m", "nst_cli", "stylize", content, style, "-o", out, *FAST],
         capture_output=True,
         text=True,
         timeout=300,
@@ -179,7 +179,7 @@ def assert_one_line_error(code, err, expected_parts):
 
 
 def test_nst_run_gives_the_embedded_server_its_startup_time(tmp_path, spawn):
-    """Prefect reads its settings when it is first imported: `nst run` (flows/cli.py) must set
+    """Prefect reads its settings when it is first imported: `nst run` (nst_cli/app.py) must set
     the embedded server's startup timeout (120 s, not Prefect's 20 s, which a busy 2-core
     machine overran) before anything imports Prefect, and tell the flow it runs on that
     server. The flow is a stand-in that reports the settings and the flag it runs under."""
@@ -196,7 +196,7 @@ def stand_in(**kwargs):
     print("embedded", kwargs["embedded_server"])
     raise SystemExit(0)
 sys.modules["flows.batch"] = types.SimpleNamespace(stylize_batch=stand_in)
-from flows import cli
+from nst_cli import app as cli
 sys.argv = ["nst", "run", {uri!r}]
 cli.main()
 """

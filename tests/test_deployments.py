@@ -252,7 +252,7 @@ def pending_since(stack: LocalStack, run_id: str) -> datetime:
 def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_bucket):
     wait_for_idle_workers(stack)
     uri = write_batch(f"{s3_bucket}/sharded", MANIFEST)
-    nst = [sys.executable, "-m", "flows.cli", "run", uri, "--shards", "2"]
+    nst = [sys.executable, "-m", "nst_cli", "run", uri, "--shards", "2"]
     parent = subprocess.run(
         [*nst, "--shard-timeout", str(DEADLINE_S)],
         env=stack.environment(),

@@ -20,7 +20,7 @@ def test_dockerfile_installs_the_project_the_makefile_installs():
     runs = [arg for op, arg in instructions() if op == "RUN"]
     assert any(re.search(r"\bpip install \.(\s|$)", run) for run in runs)
     copied = " ".join(arg for op, arg in instructions() if op == "COPY")
-    for needed in ("pyproject.toml", "nst_core", "flows", "prefect.yaml"):
+    for needed in ("pyproject.toml", "nst_core", "flows", "nst_cli", "prefect.yaml"):
         assert needed in copied
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "nst-batch"
@@ -37,7 +37,9 @@ def test_dockerfile_installs_the_project_the_makefile_installs():
         for name in every_package
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in find["find"]["include"])
     }
-    layers = {name for name in every_package if name.split(".")[0] in ("nst_core", "flows")}
+    layers = {
+        name for name in every_package if name.split(".")[0] in ("nst_core", "flows", "nst_cli")
+    }
     assert packaged == layers  # every layer and subpackage; tools/, tests/, bench/ stay out
     assert {"nst_core.engine", "nst_core.batch", "nst_core.batch.storage"} <= packaged
 

@@ -142,7 +142,7 @@ def nst_env(home: Path, api_url: str, **extra: str) -> dict[str, str]:
 
 def start_nst_run(manifest: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", manifest],
+        [sys.executable, "-m", "nst_cli", "run", manifest],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,

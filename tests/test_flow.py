@@ -130,7 +130,7 @@ def test_killed_run_resumes_and_completes_every_job_once(tmp_path, spawn):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "NST_MEMORY_BUDGET_GB": ONE_JOB_PER_UNIT_GB,  # one job per unit: records one by one
     }
-    nst = [sys.executable, "-m", "flows.cli", "run", uri]
+    nst = [sys.executable, "-m", "nst_cli", "run", uri]
     log = tmp_path / "first.log"
     with log.open("wb") as output:
         first = spawn.popen(

@@ -165,7 +165,7 @@ def check_the_2x2_page(page, seen, prefix: str) -> None:
 def test_the_page_served_from_s3_by_nst_gallery(browser, s3_runs, tmp_path):
     latest = s3_runs.runs[-1]
     log = (tmp_path / "serve.log").open("w")
-    command = [sys.executable, "-m", "flows.cli", "gallery", latest, "--serve"]
+    command = [sys.executable, "-m", "nst_cli", "gallery", latest, "--serve"]
     server = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -204,7 +204,7 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused_without_reading(tmp_pa
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
     out = spawn.run(
-        [sys.executable, "-m", "flows.cli", "validate", path],
+        [sys.executable, "-m", "nst_cli", "validate", path],
         cwd=ROOT,
         capture_output=True,
         text=True,

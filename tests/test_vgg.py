@@ -75,7 +75,7 @@ def test_feature_stack_is_torchvisions_vgg19_with_relus_not_in_place():
 
 def test_the_engine_does_not_import_torchvision(spawn):
     # Importing torchvision costs every worker and CLI process over a second (BENCHMARKS.md).
-    code = "import sys, nst_core.engine.loop, nst_core.cli; print('torchvision' in sys.modules)"
+    code = "import sys, nst_core.engine.loop, nst_cli.app; print('torchvision' in sys.modules)"
     out = spawn.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

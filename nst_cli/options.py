@@ -1,11 +1,14 @@
-"""Options the `nst` commands share: `-p key=value` overrides and `--read-root` /
-`--write-root`, parsed once here for nst_core.cli and flows/cli.py alike."""
+"""What the `nst` commands share: `-p key=value` overrides, `--read-root` / `--write-root`
+and their help, and the NST_* settings, parsed once per command."""
 
 from __future__ import annotations
 
 from nst_core.batch.roots import Roots
 from nst_core.errors import NstError, ParamsError
 from nst_core.settings import Settings
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
@@ -40,3 +43,12 @@ def debug_enabled() -> bool:
 def roots_of(read_root: list[str] | None, write_root: list[str] | None) -> Roots:
     """The run's roots from the repeatable options (none given: unrestricted)."""
     return Roots.of(read_root or None, write_root or None)
+
+
+MAX_JOBS_HELP = "Refuse manifests that expand to more jobs than this."
+READ_ROOT_HELP = (
+    "Inputs must lie under this folder or s3:// prefix (repeatable); default: anywhere."
+)
+WRITE_ROOT_HELP = (
+    "The output must lie under this folder or s3:// prefix (repeatable); default: anywhere."
+)

@@ -1,6 +1,6 @@
 """`nst gallery RUN_FOLDER`: where a run's gallery page is (written first when the run has
 none, as runs from before pages have), and with --serve, the batch's output folder served
-read-only on 127.0.0.1 so a private bucket's run can be browsed. nst_core/cli.py registers it.
+read-only on 127.0.0.1 so a private bucket's run can be browsed.
 """
 
 from __future__ import annotations

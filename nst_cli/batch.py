@@ -1,9 +1,4 @@
-"""The `nst` command: nst_core.cli's commands plus `run` and `demo`, which need Prefect.
-
-nst_core.cli owns the app, the engine and manifest commands and `main` (one-line errors,
-exit codes); this module registers the Prefect commands on that app, so `nst --help` lists
-them all and nothing under nst_core imports Prefect or flows.
-"""
+"""The batch commands, which run the Prefect flow: `nst run` and `nst demo`."""
 
 from __future__ import annotations
 
@@ -12,28 +7,19 @@ from pathlib import Path
 
 import typer
 
-from nst_core.batch.layout import RunLayout
-from nst_core.batch.records import DryRun, Summary
-from nst_core.cli import (
+from nst_cli.options import (
     EXIT_FAILED,
     READ_ROOT_HELP,
     WRITE_ROOT_HELP,
-    app,
-    main,
+    parse_overrides,
+    roots_of,
+    settings,
 )
-from nst_core.cli_options import parse_overrides, roots_of
+from nst_core.batch.layout import RunLayout
+from nst_core.batch.records import DryRun, Summary
 from nst_core.errors import NstError
 
-# Before anything imports Prefect: its settings are read once, at import. The embedded
-# server needs longer than Prefect's default 20 s on a busy 2-core laptop, and must not
-# try to send telemetry from machines without internet.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-__all__ = ["app", "demo", "main", "run"]
-
-
-@app.command()
 def run(
     manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
@@ -63,7 +49,6 @@ def run(
     """
     from flows.runners import task_runner_name
     from nst_core.batch.manifest import load_plan
-    from nst_core.cli_options import settings
 
     overrides = parse_overrides(param)
     roots = roots_of(read_root, write_root)
@@ -125,7 +110,6 @@ def _finished_text(summary: Summary, output: str) -> str:
     )
 
 
-@app.command()
 def demo() -> None:
     """Draw 2 contents and 2 styles, then run manifests/demo.yaml on this machine."""
     from nst_core.batch.demo import write_demo_inputs
@@ -146,7 +130,3 @@ def demo() -> None:
         read_root=None,
         write_root=None,
     )
-
-
-if __name__ == "__main__":
-    main()
