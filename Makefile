@@ -34,12 +34,14 @@ demo: $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 
 # The fast lane, what to run while working (a few minutes on 2 cores): lint, the import
-# contracts, and every test that starts no server, browser, cluster or subprocess (a test's
-# lane follows from the fixtures it uses: tests/conftest.py).
+# contracts, the type checker (pyproject's [tool.mypy]), and every test that starts no
+# server, browser, cluster or subprocess (a test's lane follows from the fixtures it uses:
+# tests/conftest.py).
 check: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -m "not integration" -q
 
 # The whole suite, what CI runs: the fast lane plus every integration test.
@@ -48,6 +50,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

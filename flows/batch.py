@@ -62,7 +62,13 @@ class _Work:
 
 
 def _find_work(
-    plan: Plan, roots: Roots, settings: Settings, only_jobs, force: bool, shards: int, done_after
+    plan: Plan,
+    roots: Roots,
+    settings: Settings,
+    only_jobs: list[str] | None,
+    force: bool,
+    shards: int,
+    done_after: str | None,
 ) -> _Work:
     built = build_jobs(plan, read_roots=roots.read, max_input_bytes=settings.limits.max_input_bytes)
     all_jobs = _select(built, only_jobs, plan.uri)
@@ -258,7 +264,7 @@ def _write_results(layout: RunLayout, summary: Summary, markdown: str, jobs: lis
     storage.write_bytes(layout.report(run), markdown.encode())
     thumbnails = {}
     # What the run already holds: records read or written, and each input's planned hash.
-    known = {e.key: e.found for e in summary.jobs if e.found is not None}
+    known: dict[str, Record | None] = {e.key: e.found for e in summary.jobs if e.found}
     shas = {f.uri: f.sha256 for job in jobs for f in job.inputs}
     try:
         shown = gallery.collect(layout, summary, known, shas)

@@ -12,19 +12,28 @@ import re
 import socket
 import time
 from collections import deque
+from logging import Logger, LoggerAdapter
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
-from prefect.futures import as_completed
-from prefect.tasks import exponential_backoff
+from prefect.futures import PrefectFuture, as_completed
+from prefect.tasks import Task, exponential_backoff
 
 from nst_core.batch import runner, units
 from nst_core.batch.jobs import Job
 from nst_core.batch.records import JobEntry
 from nst_core.engine.targets import GramCache
 from nst_core.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.runners import UnitPlacement
+
+RunLogger = Logger | LoggerAdapter
 
 # Style Grams are reused across the units of a process (keyed by the style bytes' hash).
 _GRAM_CACHE = GramCache()
@@ -42,7 +51,7 @@ def device_limit_name(device: str) -> str:
     return f"nst-{host}-{device.replace(':', '-')}"
 
 
-def _transient_only(task, task_run, state) -> bool:
+def _transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a unit only for failures that retrying may fix (storage unreachable, 5xx)."""
     error = state.result(raise_on_failure=False)
     return bool(getattr(error, "transient", False))
@@ -54,8 +63,9 @@ def _unit_name() -> str:
     return task_run.parameters.get("label", "unit")
 
 
-def _log_outcome(logger, outcome: runner.Outcome) -> None:
+def _log_outcome(logger: RunLogger, outcome: runner.Outcome) -> None:
     if outcome.status == "completed":
+        assert outcome.record is not None and outcome.record.losses is not None
         final = outcome.record.losses.final
         logger.info(
             "completed %s in %.1f s: total %.4g, content %.4g, style %.4g",
@@ -138,10 +148,12 @@ def ensure_device_limits(devices: list[str], reset: bool = False) -> None:
 class _Feeder:
     """Units waiting for a device, and the ones in flight on each."""
 
-    def __init__(self, work: list[list[Job]], place, force: bool, settings: Settings) -> None:
+    def __init__(
+        self, work: list[list[Job]], place: UnitPlacement, force: bool, settings: Settings
+    ) -> None:
         self.work, self.place, self.force, self.settings = work, place, force, settings
         self.queue = deque(enumerate(work))
-        self.in_flight: dict = {}  # future -> (unit, device)
+        self.in_flight: dict[PrefectFuture[Any], tuple[list[Job], str]] = {}
 
     def start(self, device: str) -> None:
         index, unit = self.queue.popleft()
@@ -165,7 +177,7 @@ class _Feeder:
 
 def run_units(
     work: list[list[Job]],
-    place,
+    place: UnitPlacement,
     force: bool,
     description: str,
     settings: Settings,
@@ -180,7 +192,8 @@ def run_units(
     logger = get_run_logger()
     if place.hold_slot:
         ensure_device_limits(sorted(set(place.devices)), reset=reset_slots)
-    progress_id = create_progress_artifact(0.0, description=description)
+    # Called from a sync flow: the artifact's id, not a coroutine.
+    progress_id = cast(UUID, create_progress_artifact(0.0, description=description))
     feeder = _Feeder(work, place, force, settings)
     feeder.start_all_lanes()
     entries: dict[str, JobEntry] = {}
@@ -206,7 +219,9 @@ def run_units(
     return entries
 
 
-def _unit_entries(future, unit: list[Job], logger) -> list[JobEntry]:
+def _unit_entries(
+    future: PrefectFuture[list[JobEntry]], unit: list[Job], logger: RunLogger
+) -> list[JobEntry]:
     try:
         return future.result()
     except Exception as exc:  # the unit failed after its retries: its jobs failed

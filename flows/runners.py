@@ -25,7 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect import Task
 from prefect.client.orchestration import get_client
+from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from nst_core.errors import NstError
@@ -64,7 +66,7 @@ class UnitPlacement:
     def device(self, index: int) -> str:
         return self.devices[index % len(self.devices)]
 
-    def submit(self, task, parameters: dict[str, Any]):
+    def submit(self, task: Task[..., Any], parameters: dict[str, Any]) -> PrefectFuture[Any]:
         if not self.remote_options:
             return self.runner.submit(task, parameters)
         from prefect_ray.context import remote_options
@@ -84,11 +86,12 @@ def placement(
     """
     if name == "thread":
         # The flow keeps one unit in flight per device: a thread each.
-        with ThreadPoolTaskRunner(max_workers=len(local_devices)) as runner:
+        pool: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=len(local_devices))
+        with pool as runner:
             yield UnitPlacement(runner, name, local_devices, hold_slot=True)
         return
-    with _ray_runner(settings) as runner:
-        yield _ray_placement(runner, job_device)
+    with _ray_runner(settings) as ray_runner:
+        yield _ray_placement(ray_runner, job_device)
 
 
 @contextmanager

@@ -14,10 +14,14 @@ carry idempotency keys, so a retried parent finds its children instead of starti
 from __future__ import annotations
 
 import time
+from logging import Logger, LoggerAdapter
+from typing import cast
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
@@ -66,13 +70,17 @@ def run_shards(
     children = []
     for index, shard in enumerate(lists):
         name = f"{parent_name}-shard-{index + 1}-of-{len(lists)}"
-        run = run_deployment(
-            deployment,
-            parameters=parameters | {"only_jobs": [j.key for j in shard], "shard_name": name},
-            flow_run_name=name,
-            timeout=0,
-            # A retried parent gets these same runs back instead of starting new ones.
-            idempotency_key=f"{parent_id}:shard-{index + 1}-of-{len(lists)}",
+        # Called from a sync flow, run_deployment returns the run, not a coroutine.
+        run = cast(
+            FlowRun,
+            run_deployment(
+                deployment,
+                parameters=parameters | {"only_jobs": [j.key for j in shard], "shard_name": name},
+                flow_run_name=name,
+                timeout=0,
+                # A retried parent gets these same runs back instead of starting new ones.
+                idempotency_key=f"{parent_id}:shard-{index + 1}-of-{len(lists)}",
+            ),
         )
         children.append((run.id, shard))
         logger.info(
@@ -87,7 +95,7 @@ def run_shards(
     return unfinished
 
 
-def _wait(run_ids, *, timeout_s: float, logger) -> list[str]:
+def _wait(run_ids: list[UUID], *, timeout_s: float, logger: Logger | LoggerAdapter) -> list[str]:
     """Each child's final state type, polling until all are final or `timeout_s` passes;
     children still running then are cancelled and reported as timed out."""
     deadline = time.monotonic() + timeout_s
@@ -99,8 +107,9 @@ def _wait(run_ids, *, timeout_s: float, logger) -> list[str]:
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids))
                 )
             }
-            if all(runs[i].state and runs[i].state.is_final() for i in run_ids):
-                return [runs[i].state.type.value for i in run_ids]
+            states_now = [runs[i].state for i in run_ids]
+            if all(state is not None and state.is_final() for state in states_now):
+                return [state.type.value for state in states_now if state is not None]
             if time.monotonic() > deadline:
                 break
             time.sleep(POLL_S)
@@ -126,10 +135,10 @@ def entries_after(
     for job in pending:
         record = records.read_record(job.record)
         fresh = record is not None and record != before.get(job.key)
-        if fresh and records.done(job, record):
+        if record is not None and fresh and records.done(job, record):
             seconds = _seconds(record)
             entries.append(JobEntry.of(job, "completed", record=record, seconds=seconds))
-        elif fresh and record.status == "failed" and record.key == job.key:
+        elif record is not None and fresh and record.status == "failed" and record.key == job.key:
             entries.append(JobEntry.of(job, "failed", error=record.error))
         else:
             why = unfinished.get(job.key, "its shard completed without it")

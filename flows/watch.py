@@ -18,6 +18,8 @@ or manifest is logged and skipped, and never stops the others or the next tick.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -28,11 +30,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
+from flows.execute import RunLogger
 from flows.shards import ADHOC
 from nst_core.batch import inbox as drop_box
 from nst_core.batch.layout import RunLayout
@@ -63,7 +66,8 @@ def watch_inbox(
     roots = drop_box.roots_for(inbox, read_roots, write_roots)
     _drop_missed_ticks(inbox, logger)
     settled, held = _settle(inbox, logger)
-    started, rejected = [], []
+    started: list[str] = []
+    rejected: list[str] = []
     me = str(flow_run.id)
     for manifest in drop_box.list_manifests(inbox):
         try:
@@ -79,7 +83,12 @@ def watch_inbox(
 
 
 def _start(
-    manifest: str, claim_id: str, deployment: str, roots: Roots, limits: Limits, logger
+    manifest: str,
+    claim_id: str,
+    deployment: str,
+    roots: Roots,
+    limits: Limits,
+    logger: RunLogger,
 ) -> str:
     try:
         plan = load_plan(manifest, roots=roots, limits=limits)
@@ -87,19 +96,23 @@ def _start(
         drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems}, claim_id)
         logger.warning("%s: invalid, filed in failed/ (%d problems)", manifest, len(exc.problems))
         return "rejected"
-    run = run_deployment(
-        deployment,
-        parameters={
-            "manifest": manifest,
-            # The run reads the manifest again: it must be these bytes, within these roots.
-            "manifest_sha256": plan.sha256,
-            "read_roots": list(roots.read or ()),
-            "write_roots": list(roots.write or ()),
-        },
-        timeout=0,
-        as_subflow=False,
-        # A second watcher that somehow got here too would get this same run back.
-        idempotency_key=f"inbox:{manifest}:{plan.sha256}",
+    # Called from a sync flow, run_deployment returns the run, not a coroutine.
+    run = cast(
+        FlowRun,
+        run_deployment(
+            deployment,
+            parameters={
+                "manifest": manifest,
+                # The run reads the manifest again: it must be these bytes, within these roots.
+                "manifest_sha256": plan.sha256,
+                "read_roots": list(roots.read or ()),
+                "write_roots": list(roots.write or ()),
+            },
+            timeout=0,
+            as_subflow=False,
+            # A second watcher that somehow got here too would get this same run back.
+            idempotency_key=f"inbox:{manifest}:{plan.sha256}",
+        ),
     )
     drop_box.record_run(manifest, str(run.id), run.name, plan.output)
     logger.info("%s: %s started as %s (%s)", manifest, plan.summary(), run.name, deployment)
@@ -116,10 +129,11 @@ def _held_by(claim: drop_box.Claim | None) -> str:
     return f"{since}; its batch is being started"
 
 
-def _settle(inbox_uri: str, logger) -> tuple[list[str], dict[str, drop_box.Claim]]:
+def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, drop_box.Claim]]:
     """File the manifests whose batches ended; release claims that can never lead to a
     batch. Returns what was filed, and the claims still held, by manifest."""
-    settled, held = [], {}
+    settled: list[str] = []
+    held: dict[str, drop_box.Claim] = {}
     claims, foreign = drop_box.list_claims(inbox_uri)
     for line in foreign:
         logger.warning("%s", line)
@@ -150,7 +164,7 @@ def _settle(inbox_uri: str, logger) -> tuple[list[str], dict[str, drop_box.Claim
                     else:
                         held[claim.manifest] = claim
                     continue
-                run = client.read_flow_run(claim.flow_run_id)
+                run = client.read_flow_run(UUID(claim.flow_run_id))
                 if not run.state or not run.state.is_final():
                     held[claim.manifest] = claim
                     continue
@@ -166,8 +180,10 @@ def _settle(inbox_uri: str, logger) -> tuple[list[str], dict[str, drop_box.Claim
     return settled, held
 
 
-def _run_details(claim: drop_box.Claim, run) -> dict:
-    details = {
+def _run_details(claim: drop_box.Claim, run: FlowRun) -> dict[str, str | None]:
+    """What the filed manifest's JSON says of its run (one that has ended, so has a state)."""
+    assert run.state is not None
+    details: dict[str, str | None] = {
         "flow_run_id": str(run.id),
         "flow_run_name": run.name,
         "state": run.state.name,
@@ -178,7 +194,7 @@ def _run_details(claim: drop_box.Claim, run) -> dict:
     return details
 
 
-def _drop_missed_ticks(inbox: str, logger) -> None:
+def _drop_missed_ticks(inbox: str, logger: RunLogger) -> None:
     """Cancel this deployment's ticks for the same inbox that still wait although their time
     has passed: replaying them one by one would only start a process per missed minute."""
     with get_client(sync_client=True) as client:
@@ -189,7 +205,10 @@ def _drop_missed_ticks(inbox: str, logger) -> None:
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
+                expected_start_time=FlowRunFilterExpectedStartTime(
+                    # A datetime is what the API takes; the stubs name Prefect's subclass.
+                    before_=datetime.now(UTC)  # type: ignore[arg-type]
+                ),
             )
         )
         missed = [r for r in waiting if r.id != me.id and r.parameters.get("inbox") == inbox]

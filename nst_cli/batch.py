@@ -22,10 +22,12 @@ from nst_core.errors import NstError
 
 def run(
     manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
-    param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
+    param: list[str] | None = typer.Option(
+        None, "--param", "-p", help="Override a default: key=value."
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute jobs that are done."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; write nothing."),
-    task_runner: str = typer.Option(
+    task_runner: str | None = typer.Option(
         None,
         "--task-runner",
         help="Where units run: thread (default, or NST_TASK_RUNNER) or ray (NST_RAY_ADDRESS).",
@@ -40,8 +42,8 @@ def run(
     shard_timeout: float | None = typer.Option(
         None, "--shard-timeout", min=1, help="Seconds to wait for the shards [a day]."
     ),
-    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
-    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
+    read_root: list[str] | None = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] | None = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """Run the batch flow in this process (Prefect's embedded server unless PREFECT_API_URL).
 
@@ -85,8 +87,11 @@ def run(
     if not state.is_completed():
         typer.echo(f"FAILED: {state.message}", err=True)
         raise typer.Exit(EXIT_FAILED)
-    summary = state.result()
-    typer.echo(_dry_run_text(summary) if dry_run else _finished_text(summary, plan.output))
+    result = state.result()
+    if isinstance(result, DryRun):
+        typer.echo(_dry_run_text(result))
+    else:
+        typer.echo(_finished_text(result, plan.output))
 
 
 def _dry_run_text(plan: DryRun) -> str:

@@ -17,8 +17,8 @@ from nst_cli.options import (
 def validate(
     manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
     max_jobs: int = typer.Option(10_000, help=MAX_JOBS_HELP),
-    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
-    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
+    read_root: list[str] | None = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] | None = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """Check a manifest; print OK with its job count, or every problem (exit 2)."""
     from nst_core.batch.manifest import load_plan
@@ -30,10 +30,12 @@ def validate(
 
 def plan(
     manifest: str = typer.Argument(..., help="Manifest path or s3:// URI."),
-    param: list[str] = typer.Option(None, "--param", "-p", help="Override a default: key=value."),
+    param: list[str] | None = typer.Option(
+        None, "--param", "-p", help="Override a default: key=value."
+    ),
     max_jobs: int = typer.Option(10_000, help=MAX_JOBS_HELP),
-    read_root: list[str] = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
-    write_root: list[str] = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
+    read_root: list[str] | None = typer.Option(None, "--read-root", help=READ_ROOT_HELP),
+    write_root: list[str] | None = typer.Option(None, "--write-root", help=WRITE_ROOT_HELP),
 ) -> None:
     """List every job of a manifest as done or pending, with its output URI, and totals."""
     from nst_core.batch import jobs, records

@@ -124,6 +124,7 @@ def stylize_file(job: jobs.Job, settings: Settings) -> str:
     if outcome.status != "completed":
         raise ImageError(outcome.error or f"{job.content}: not stylised")
     record = outcome.record
+    assert record is not None and record.losses is not None and record.output_size is not None
     final = record.losses.final
     w, h = record.output_size
     return (

@@ -94,7 +94,7 @@ class JobClaims:
         self._renewer.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._renewer:
             self._renewer.join(timeout=10)

@@ -69,18 +69,19 @@ def collect(
         jobs = [
             GalleryJob(entry, record) for entry, record in zip(summary.jobs, found, strict=True)
         ]
-        shas = (planned_shas or {}) | _input_shas(jobs)
+        shas: dict[str, str | None] = {**(planned_shas or {}), **_input_shas(jobs)}
         inputs = _input_uris(summary.jobs)
         missing = [uri for uri in inputs if uri not in shas]
         shas |= dict(zip(missing, pool.map(_sha_of, missing), strict=True))
         wanted: dict[str, str] = {}  # digest -> the image to make its thumbnail from
-        by_output = {}
+        by_output: dict[str, str] = {}
         for job in jobs:
             if _has_output(job):
+                assert job.record is not None  # _has_output says so
                 digest = output_digest(job.entry.key, job.record.created_at)
                 by_output[job.entry.key] = digest
                 wanted[digest] = job.entry.output
-        by_input = {uri: input_digest(shas[uri]) for uri in inputs if shas[uri]}
+        by_input = {uri: input_digest(sha) for uri in inputs if (sha := shas[uri])}
         wanted |= {digest: uri for uri, digest in by_input.items()}
         thumbs = _thumbnails(layout, wanted, pool.map)
     for job in jobs:

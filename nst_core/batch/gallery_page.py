@@ -80,7 +80,8 @@ def _text(value: Any) -> str:
 def _script_json(jobs: list[dict], common: dict) -> str:
     """JSON safe inside a <script> element: `</script>` or `<!--` in a file name or error
     cannot end it, because no `<`, `>` or `&` is left (JSON.parse reads the escapes back)."""
-    params, index = [], {}
+    params: list[Any] = []
+    index: dict[str, int] = {}
     for job in jobs:  # most jobs share their parameters: each set is written once
         key = json.dumps(job["params"], sort_keys=True)
         job["params"] = index.setdefault(key, len(index))
@@ -243,7 +244,7 @@ def _job_data(job: GalleryJob) -> dict:
     return data
 
 
-def _round(value):
+def _round(value: object) -> object:
     return float(f"{value:.5g}") if isinstance(value, float) else value
 
 

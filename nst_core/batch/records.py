@@ -114,6 +114,11 @@ class Record(_Document):
         planned and verified, its params as given, how it ran, what it reached."""
         params = job.params
         execution = job.execution.describe() | {"device": result.device}
+        # Given only when they say something: a field never set stays out of the JSON.
+        tiling: dict[str, Any] = (
+            {"tiling": result.tiling} if any("tile" in s for s in result.tiling) else {}
+        )
+        notes: dict[str, Any] = {"notes": params.notes()} if params.notes() else {}
         return cls(
             status="completed",
             key=job.key,
@@ -129,11 +134,11 @@ class Record(_Document):
             weights=params.weights,
             batch_size=result.batch_size,
             evaluations=result.evaluations,
-            **({"tiling": result.tiling} if any("tile" in s for s in result.tiling) else {}),
+            **tiling,
             losses=Losses(final=result.final, history=result.history),
             timings={name: round(value, 3) for name, value in timings.items()},
             versions=package_versions(),
-            **({"notes": params.notes()} if params.notes() else {}),
+            **notes,
         )
 
 

@@ -77,7 +77,7 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _num(value) -> str:
+def _num(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else ""
 
 
@@ -114,11 +114,11 @@ def contact_sheet(entries: list[JobEntry], thumbnails: Mapping[str, str] | None 
             draw.text((x + 4, y + 2), _clip(label), fill="black", font=font)
         _paste(sheet, image, x, y + LABEL_H)
 
-    for label, c in column_of.items():
+    for label, column in column_of.items():
         styles = column_styles[label]
-        cell(c, 0, label, picture(styles[0].uri) if len(styles) == 1 else None)
-    for content, r in row_of.items():
-        cell(0, r, storage.name(content), picture(content))
+        cell(column, 0, label, picture(styles[0].uri) if len(styles) == 1 else None)
+    for content, row in row_of.items():
+        cell(0, row, storage.name(content), picture(content))
     for entry in entries:
         r, c = row_of.get(entry.content), column_of.get(_style_label(entry))
         if r is None or c is None:
@@ -154,7 +154,9 @@ def _paste(sheet: Image.Image, thumb: Image.Image | None, x: int, y: int) -> Non
         sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
 
 
-def loss_plot(histories: Sequence[tuple[str, list[dict]]], size=(720, 440)) -> bytes:
+def loss_plot(
+    histories: Sequence[tuple[str, list[dict]]], size: tuple[int, int] = (720, 440)
+) -> bytes:
     """Every job's total loss against evaluations, log-scale y, one coloured line per job."""
     width, height = size
     left, right, top, bottom = 70, 20, 20, 40

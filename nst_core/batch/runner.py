@@ -49,6 +49,8 @@ class Outcome:
 
 
 OnJob = Callable[[Outcome], None]
+# A claimed job with its engine input and the seconds it took to read.
+_Loaded = tuple[Job, Pair, float]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -79,7 +81,7 @@ class UnitOptions:
 class _Unclaimed:
     """Claims for a unit that takes none: every job is this run's."""
 
-    def take(self, job: Job, seen) -> bool:
+    def take(self, job: Job, seen: dict[str, list[int]]) -> bool:
         return True
 
     def release(self, key: str) -> None:
@@ -121,13 +123,13 @@ def run_unit(
     return [outcomes[job.key] for job in unit]
 
 
-def _claim_and_load(unit: list[Job], held, batch: _Batch):
+def _claim_and_load(unit: list[Job], held: JobClaims | _Unclaimed, batch: _Batch) -> list[_Loaded]:
     """Each job claimed and its inputs read: (job, its engine input, seconds to read it).
     Jobs done already, held elsewhere or unreadable are finished here. Whether a job is done
     was decided by whoever planned the unit; it is read again only once claimed, when
     another run may have recorded it meanwhile (or this unit's earlier attempt did)."""
     options = batch.options
-    seen = {}
+    seen: dict[str, list[int]] = {}
     if options.claim:
         seen = {
             key: gens
@@ -135,7 +137,7 @@ def _claim_and_load(unit: list[Job], held, batch: _Batch):
             for key, gens in generations(folder).items()
         }
     inputs = UnitInputs(options.max_input_bytes)
-    loaded: list[tuple[Job, Pair, float]] = []
+    loaded: list[_Loaded] = []
     for job in unit:
         if not held.take(job, seen):
             batch.finish(Outcome(job, "elsewhere"))
@@ -173,7 +175,7 @@ class _Batch:
             return fail(job, reason, seconds)
         return Outcome(job, "failed", seconds=seconds, error=reason)
 
-    def run(self, loaded) -> None:
+    def run(self, loaded: list[_Loaded]) -> None:
         """Stylise as one batch; on out of memory, or a job the engine rejects (an image
         too small for the network), split in halves down to single jobs, so only that job
         fails."""
@@ -203,7 +205,7 @@ class _Batch:
                 continue
             self.finish(Outcome(job, "completed", seconds=seconds + read_s, record=record))
 
-    def _split(self, loaded, exc: Exception, seconds: float) -> None:
+    def _split(self, loaded: list[_Loaded], exc: Exception, seconds: float) -> None:
         if len(loaded) > 1:
             _release_memory()
             half = len(loaded) // 2

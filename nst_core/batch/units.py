@@ -123,11 +123,11 @@ def job_bytes(job: Job) -> int | None:
     size = output_size(job)
     if size is None:
         return None
-    how = {"styles": len(job.styles), "history_on": job.execution.history_on}
+    styles, history_on = len(job.styles), job.execution.history_on
     tile = job.execution.tile_size(size)
     if tile is not None:
-        return tiled_bytes(*size, job.params, tile, **how)
-    return estimate_bytes(*size, job.params, **how)
+        return tiled_bytes(*size, job.params, tile, styles=styles, history_on=history_on)
+    return estimate_bytes(*size, job.params, styles=styles, history_on=history_on)
 
 
 def in_tiles(job: Job, budget_bytes: int) -> Job | None:
@@ -145,8 +145,9 @@ def in_tiles(job: Job, budget_bytes: int) -> Job | None:
     width, height = size
     best = None
     for tile in _tile_sizes(job.params, max(size)):
-        how = {"styles": len(job.styles), "history_on": job.execution.history_on}
-        if tiled_bytes(width, height, job.params, tile, **how) <= budget_bytes:
+        styles, history_on = len(job.styles), job.execution.history_on
+        need = tiled_bytes(width, height, job.params, tile, styles=styles, history_on=history_on)
+        if need <= budget_bytes:
             cost = tiling_for(job.params, tile).network_pixels(height, width)
             if best is None or cost < best[0]:
                 best = (cost, tile)
@@ -249,8 +250,8 @@ def _smallest_tiles_bytes(job: Job) -> int:
     if job.params.tile != "auto" or size is None:
         return 2**62
     smallest = tiling_for(job.params, 1).align
-    how = {"styles": len(job.styles), "history_on": job.execution.history_on}
-    return tiled_bytes(*size, job.params, smallest, **how)
+    styles, history_on = len(job.styles), job.execution.history_on
+    return tiled_bytes(*size, job.params, smallest, styles=styles, history_on=history_on)
 
 
 def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:
@@ -283,9 +284,10 @@ def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -
             alone.append([job])
         else:
             groups[(size, job.params.batch_key(), job.execution)].append(job)
-    units = []
+    units: list[list[Job]] = []
     for members in groups.values():
-        per_pair = max(job_bytes(job) for job in members)
+        needs = [job_bytes(job) for job in members]
+        per_pair = max(need for need in needs if need is not None)  # every member has a size
         fit = max(1, min(max_batch, budget_bytes // per_pair))
         units.extend(members[i : i + fit] for i in range(0, len(members), fit))
     return units + alone

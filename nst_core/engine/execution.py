@@ -11,11 +11,12 @@ where and in what pieces they are computed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 from nst_core.engine.params import StyleParams
 
 HistoryOn = Literal["device", "host"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Execution:
     history_on: HistoryOn = "device"
     # What `precision: auto` means for this batch when the settings say (NST_PRECISION);
     # None: calibration's measured choice.
-    precision: Literal["fp32", "bf16"] | None = None
+    precision: Precision | None = None
 
     @classmethod
     def asked(cls, params: StyleParams) -> Execution:
@@ -43,7 +44,9 @@ class Execution:
     def on(self, device: str, precision: str | None = None) -> Execution:
         """The same decisions on the device a unit was given (and with `auto` precision
         meaning `precision`, when the settings fix it)."""
-        return replace(self, device=device, precision=precision or self.precision)
+        # `precision` comes from the settings' NST_PRECISION, which allows fp32 and bf16 only.
+        chosen = cast("Precision | None", precision or self.precision)
+        return replace(self, device=device, precision=chosen)
 
     def tile_size(self, size: tuple[int, int]) -> int | None:
         """The tile a scale of `size` (width, height) runs with, or None for whole."""

@@ -5,6 +5,8 @@ Kept apart from vgg.py so that validating parameters never has to import torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # Convolutions per block in VGG19 (configuration "E" of Simonyan & Zisserman).
 _BLOCKS = (2, 2, 4, 4, 4)
 
@@ -38,12 +40,12 @@ def pools_through(name: str) -> int:
     return sum(1 for n, i in LAYER_INDEX.items() if n.startswith("pool") and i <= LAYER_INDEX[name])
 
 
-def min_side(layers) -> int:
+def min_side(layers: Iterable[str]) -> int:
     """Smallest image side (pixels) whose feature maps stay at least 1x1 at every layer."""
     return 2 ** max(pools_through(n) for n in layers)
 
 
-def reach(layers) -> int:
+def reach(layers: Iterable[str]) -> int:
     """How far (pixels, to either side) an output position of the deepest of `layers` sees
     into the input: a 3x3 convolution widens it by its stride on each side, a 2x2 pooling by
     its stride on the far side. Features computed from a crop with at least this margin

@@ -10,7 +10,9 @@ from collections.abc import Generator
 LineSearch = Generator[float, tuple[float, float], None]
 
 
-def _cubic_minimum(x1, f1, g1, x2, f2, g2, low, high) -> float:
+def _cubic_minimum(
+    x1: float, f1: float, g1: float, x2: float, f2: float, g2: float, low: float, high: float
+) -> float:
     """Minimiser of the cubic through two points with slopes, clipped to [low, high]."""
     if not all(math.isfinite(v) for v in (f1, g1, f2, g2)) or x1 == x2:
         return (low + high) / 2

@@ -75,8 +75,15 @@ def stylize(
     execution: Execution | None = None,
 ) -> Result:
     """Stylise one pair."""
-    parts = {"network": network, "optimizer": optimizer, "gram_of": gram_of}
-    return stylize_batch([pair], progress=progress, cache=cache, execution=execution, **parts)[0]
+    return stylize_batch(
+        [pair],
+        progress=progress,
+        cache=cache,
+        execution=execution,
+        network=network,
+        optimizer=optimizer,
+        gram_of=gram_of,
+    )[0]
 
 
 def stylize_batch(
@@ -124,6 +131,7 @@ def stylize_batch(
     for size in schedule:
         x = run.optimise_scale(size, x)
     seconds = time.perf_counter() - started
+    assert x is not None  # the schedule always ends at the output size
     x = targets.recombine_colours(x, schedule[-1])
     return [
         Result(
@@ -148,10 +156,10 @@ class Scales:
         self,
         targets: Targets,
         optimizer: Optimizer,
-        progress,
+        progress: Progress | None,
         n_scales: int,
         execution: Execution | None = None,
-    ):
+    ) -> None:
         self.targets = targets
         self.execution = execution or Execution.asked(targets.params)
         self.params: StyleParams = targets.params
@@ -168,7 +176,7 @@ class Scales:
         self.tiling: list[dict] = []  # per scale: its size, and its tiles when it ran tiled
         self.loss_weights = targets.loss_weights()
 
-    def objective(self, size) -> tuple[Objective | TiledObjective, torch.Tensor]:
+    def objective(self, size: tuple[int, int]) -> tuple[Objective | TiledObjective, torch.Tensor]:
         """The loss at `size`, tiled when the execution says so for this size, and the
         luma-aware contents it was built from."""
         targets = self.targets
@@ -190,7 +198,7 @@ class Scales:
         )
         return (TiledObjective(objective, tiling) if tiling else objective), content
 
-    def optimise_scale(self, size, previous: torch.Tensor | None) -> torch.Tensor:
+    def optimise_scale(self, size: tuple[int, int], previous: torch.Tensor | None) -> torch.Tensor:
         w, h = size
         objective, content = self.objective(size)
         if previous is None:
@@ -239,9 +247,15 @@ class Scales:
     def _report(self, done: int, row: torch.Tensor, rows: list[int]) -> None:
         for b, losses in zip(rows, _rows(row.cpu()), strict=True):
             self.latest[b] = losses
+        assert self.progress is not None  # called only when there is one
         self.progress(done, self.total_evals, list(self.latest))
 
-    def _keep_history(self, records, size, offset: list[int]) -> None:
+    def _keep_history(
+        self,
+        records: list[tuple[int, float, torch.Tensor, list[int], list[int]]],
+        size: tuple[int, int],
+        offset: list[int],
+    ) -> None:
         if not records:
             return
         flat = torch.cat([row.flatten() for _, _, row, _, _ in records]).cpu()  # one sync
@@ -250,13 +264,15 @@ class Scales:
             values = flat[start : start + row.numel()].view(row.shape)
             start += row.numel()
             for b in recorded:
-                entry = {"evaluation": offset[b] + k, "scale": max(size)}
+                entry: dict[str, float] = {"evaluation": offset[b] + k, "scale": max(size)}
                 entry["seconds"] = round(seconds, 4)
                 entry.update(zip(LOSS_NAMES, values[:, rows.index(b)].tolist(), strict=True))
                 self.history[b].append(entry)
 
 
-def _leaving(stepper: Stepper, stopping: Stopping, rows: list[int], total: torch.Tensor):
+def _leaving(
+    stepper: Stepper, stopping: Stopping, rows: list[int], total: torch.Tensor
+) -> list[int]:
     """The pairs of `rows` that stop after this evaluation: their optimiser has converged,
     or their stopping rule says so."""
     leaving = [b for b, done in zip(rows, stepper.converged(), strict=True) if done]

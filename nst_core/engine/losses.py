@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
+from torch.autograd.function import BackwardCFunction, FunctionCtx
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
@@ -63,12 +65,12 @@ class _Gram(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, rows: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(rows)
         return _bmm_fp32(rows.transpose(1, 2), rows)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: BackwardCFunction, grad: torch.Tensor) -> torch.Tensor:
         (rows,) = ctx.saved_tensors
         sym = grad + grad.transpose(1, 2)
         if rows.dtype != torch.bfloat16:
@@ -85,8 +87,11 @@ def blend_grams(
     total = float(sum(weights))
     if total <= 0:
         raise ValueError("style blend weights must not all be zero")
+    # sum() is typed to give 0 for no terms; there is one per style (grams[0] exists).
     return {
-        layer: sum(g[layer] * (w / total) for g, w in zip(grams, weights, strict=True))
+        layer: cast(
+            torch.Tensor, sum(g[layer] * (w / total) for g, w in zip(grams, weights, strict=True))
+        )
         for layer in grams[0]
     }
 
@@ -119,11 +124,15 @@ def style_loss(
     A layer's weight is a number, or a (B,) tensor when samples weight layers differently.
     `gram_of` is the Gram function (benchmarks pass variants of it).
     """
-    return sum(
-        weight
-        * (gram_of(features[name]) - targets[name]).square().mean(dim=(1, 2))
-        / (scales[name] if scales is not None else 1)
-        for name, weight in layer_weights.items()
+    # sum() is typed to give 0 for no terms; there is a term per style layer (at least one).
+    return cast(
+        torch.Tensor,
+        sum(
+            weight
+            * (gram_of(features[name]) - targets[name]).square().mean(dim=(1, 2))
+            / (scales[name] if scales is not None else 1)
+            for name, weight in layer_weights.items()
+        ),
     )
 
 

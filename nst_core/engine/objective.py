@@ -14,6 +14,9 @@ import torch
 
 from nst_core.engine.losses import content_loss, energies, style_loss, tv_loss
 
+# The network's forward pass as the loop runs it: image batch -> {layer: features}.
+FeaturesOf = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
 
 class Features:
     """The network's forward pass in the layout and precision the loop runs it in."""
@@ -45,7 +48,7 @@ class Objective:
 
     def __init__(
         self,
-        features: Features,
+        features: FeaturesOf,
         content_targets: dict[str, torch.Tensor],
         style_targets: dict[str, torch.Tensor],
         layer_weights: dict[str, torch.Tensor],
@@ -69,9 +72,7 @@ class Objective:
         """This objective for these batch rows only, in this order."""
         index = torch.tensor(rows, device=self.loss_weights.device)
 
-        def pick(values):
-            if values is None:
-                return None
+        def pick(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {
                 name: v.index_select(0, index) if isinstance(v, torch.Tensor) and v.dim() else v
                 for name, v in values.items()
@@ -81,16 +82,17 @@ class Objective:
         kept.content_targets = pick(self.content_targets)
         kept.style_targets = pick(self.style_targets)
         kept.layer_weights = pick(self.layer_weights)
-        kept.content_scales = pick(self.content_scales)
-        kept.style_scales = pick(self.style_scales)
+        kept.content_scales = None if self.content_scales is None else pick(self.content_scales)
+        kept.style_scales = None if self.style_scales is None else pick(self.style_scales)
         kept.loss_weights = self.loss_weights.index_select(0, index)
         return kept
 
-    def evaluate(self, point: torch.Tensor):
+    def evaluate(self, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total (B,), parts (3, B), gradient like point) at `point`."""
         point = point.detach().requires_grad_(True)
         total, parts = self(point)
         total.sum().backward()
+        assert point.grad is not None  # a leaf of the loss: backward() set it
         return total.detach(), parts.detach(), point.grad
 
     def __call__(self, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,8 +113,10 @@ class BatchedLBFGS:
             ):
                 improved.append(b)
                 self._t_low[b], self._f_low[b] = t, fb
+            search = self._search[b]
+            assert search is not None  # every sample not done has a line search running
             try:
-                self._t_host[b] = self._search[b].send((fb, gtd_host[b]))
+                self._t_host[b] = search.send((fb, gtd_host[b]))
             except StopIteration:
                 finished.append(b)
         if improved:
@@ -209,8 +211,9 @@ class BatchedLBFGS:
             t0 = min(1.0, 1.0 / grad_l1[b]) if steepest else 1.0
             self._search_f0[b], self._search_gtd0[b] = self.f[b], gtd[b]
             self._t_low[b], self._f_low[b] = 0.0, self.f[b]
-            self._search[b] = strong_wolfe(self.f[b], gtd[b], t0, tolerance=self.tolerance_change)
-            self._t_host[b] = next(self._search[b])
+            search = strong_wolfe(self.f[b], gtd[b], t0, tolerance=self.tolerance_change)
+            self._search[b] = search
+            self._t_host[b] = next(search)
         self.g_low = torch.where(mask, self.g, self.g_low)
         self._sync_steps()
 

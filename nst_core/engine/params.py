@@ -36,90 +36,100 @@ class StyleParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: int = Field(512, ge=16, le=8192, description="Longest side of the output, pixels.")
+    size: int = Field(
+        default=512, ge=16, le=8192, description="Longest side of the output, pixels."
+    )
     iterations: int = Field(
-        200,
+        default=200,
         ge=1,
         le=100_000,
         description="Loss evaluations (forward+backward) per scale, at most: the stopping rule "
         "ends a scale sooner once the loss no longer moves.",
     )
     stop_tolerance: float = Field(
-        DEFAULT_STOP_TOLERANCE,
+        default=DEFAULT_STOP_TOLERANCE,
         ge=0,
         lt=1,
         description="Stop a pair early at a scale once its best loss improved by less than this "
         "fraction over its last stop_window evaluations there; 0 runs every iteration.",
     )
     stop_window: int = Field(
-        DEFAULT_STOP_WINDOW,
+        default=DEFAULT_STOP_WINDOW,
         ge=1,
         le=10_000,
         description="Evaluations the stopping rule looks back over.",
     )
     content_layers: tuple[str, ...] = Field(
-        DEFAULT_CONTENT_LAYERS, min_length=1, description="VGG19 layers whose features are kept."
+        default=DEFAULT_CONTENT_LAYERS,
+        min_length=1,
+        description="VGG19 layers whose features are kept.",
     )
     style_layers: tuple[str, ...] = Field(
-        DEFAULT_STYLE_LAYERS, min_length=1, description="VGG19 layers whose Gram matrices match."
+        default=DEFAULT_STYLE_LAYERS,
+        min_length=1,
+        description="VGG19 layers whose Gram matrices match.",
     )
     style_layer_weights: tuple[float, ...] | None = Field(
-        None, description="One weight per style layer; default: equal weights summing to 1."
+        default=None, description="One weight per style layer; default: equal weights summing to 1."
     )
-    content_weight: float = Field(1.0, ge=0, description="Weight of the content loss.")
+    content_weight: float = Field(default=1.0, ge=0, description="Weight of the content loss.")
     strength: float = Field(
-        DEFAULT_STRENGTH,
+        default=DEFAULT_STRENGTH,
         ge=0,
         le=1,
         description="How far to stylise, 0 (the photo) to 1 (mostly the painting's textures); "
         "sets the style weight unless style_weight is given.",
     )
     style_weight: float | None = Field(
-        None,
+        default=None,
         ge=0,
         description="Weight of the style loss, for experts; when set it wins over strength.",
     )
-    tv_weight: float = Field(0.0, ge=0, description="Weight of the total-variation loss.")
+    tv_weight: float = Field(default=0.0, ge=0, description="Weight of the total-variation loss.")
     loss: Literal["gatys", "balanced"] = Field(
-        "balanced",
+        default="balanced",
         description="gatys: plain MSE of features and Grams; balanced: each content and style "
         "layer's error relative to its target's energy, so no layer dominates by magnitude.",
     )
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     lbfgs_history: int = Field(
-        20, ge=1, le=200, description="L-BFGS curvature pairs kept per image."
+        default=20, ge=1, le=200, description="L-BFGS curvature pairs kept per image."
     )
     learning_rate: float = Field(
-        0.02, gt=0, le=10, description="Adam step size, in units of the 0-1 image range."
+        default=0.02, gt=0, le=10, description="Adam step size, in units of the 0-1 image range."
     )
     init: Literal["content", "noise", "style"] = "content"
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds noise init; same seed, same run.")
+    seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Seeds noise init; same seed, same run."
+    )
     scales: tuple[int, ...] | Literal["auto"] | None = Field(
-        "auto",
+        default="auto",
         description="Coarse-to-fine sizes run before `size` (smaller ones first; `size` is "
         "always the last scale); auto: from 512 px up by doubling (one scale up to 512 px); "
         "null or [] for `size` alone.",
     )
     preserve_color: bool = Field(
-        False, description="Transfer luminance only; keep content colours."
+        default=False, description="Transfer luminance only; keep content colours."
     )
     style_scale: float = Field(
-        1.0, gt=0, le=4, description="Style image size relative to the output size."
+        default=1.0, gt=0, le=4, description="Style image size relative to the output size."
     )
     weights: str = Field(
-        "caffe", min_length=1, description="VGG19 weights: caffe, torchvision or a state-dict path."
+        default="caffe",
+        min_length=1,
+        description="VGG19 weights: caffe, torchvision or a state-dict path.",
     )
     pooling: Literal["max", "avg"] = "max"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    history_every: int = Field(10, ge=1, description="Record losses every N evaluations.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
+    history_every: int = Field(default=10, ge=1, description="Record losses every N evaluations.")
     lbfgs_history_on: Literal["auto", "device", "host"] = Field(
-        "auto",
+        default="auto",
         description="Where L-BFGS's history lives: auto keeps it on the device unless the "
         "planner finds a GPU job fits its memory budget only with the history in host memory.",
     )
     tile: int | Literal["auto", "off"] = Field(
-        "auto",
+        default="auto",
         description="How a scale too large for the device's memory runs: auto tiles it when "
         "the planner finds it does not fit; a size in pixels tiles every scale larger than "
         "that; off never tiles.",
@@ -164,7 +174,9 @@ class StyleParams(BaseModel):
 
     @field_validator("scales")
     @classmethod
-    def _scales(cls, scales: tuple[int, ...] | str | None) -> tuple[int, ...] | str | None:
+    def _scales(
+        cls, scales: tuple[int, ...] | Literal["auto"] | None
+    ) -> tuple[int, ...] | Literal["auto"] | None:
         if scales == "auto":
             return scales
         if not scales:

@@ -52,6 +52,6 @@ def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) 
     return problems
 
 
-def _short(value, limit: int = 60) -> str:
+def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

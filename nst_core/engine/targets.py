@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,14 +15,13 @@ from PIL import Image
 from nst_core.engine import images
 from nst_core.engine.layers import min_side
 from nst_core.engine.losses import blend_grams
+from nst_core.engine.objective import FeaturesOf
 from nst_core.engine.params import StyleParams
 from nst_core.engine.tiles import Tiling
 from nst_core.engine.tiling import tiled_features, tiled_grams
 from nst_core.errors import ImageError
 
 Grams = dict[str, torch.Tensor]
-# The network's forward pass as the loop runs it: image batch -> {layer: features}.
-FeaturesOf = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -71,7 +70,13 @@ class GramCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, tuple[Image.Image, Grams]] = OrderedDict()
 
-    def get(self, key: tuple, image: Image.Image, compute, ident=None) -> Grams:
+    def get(
+        self,
+        key: tuple,
+        image: Image.Image,
+        compute: Callable[[], Grams],
+        ident: str | None = None,
+    ) -> Grams:
         full_key = (ident if ident is not None else id(image), *key)
         if full_key in self._entries:
             self._entries.move_to_end(full_key)
@@ -82,7 +87,9 @@ class GramCache:
         return self._entries[full_key][1]
 
 
-def check_sizes(pairs: Sequence[Pair], schedule, layers) -> None:
+def check_sizes(
+    pairs: Sequence[Pair], schedule: Sequence[tuple[int, int]], layers: Collection[str]
+) -> None:
     """Every image must stay at least 1x1 at the deepest layer, at every scale."""
     need = min_side(layers)
     deepest = max(layers, key=lambda name: min_side([name]))
@@ -140,7 +147,9 @@ class Targets:
             feats = self.features(content)
             return {n: feats[n].float() for n in self.params.content_layers}
 
-    def style_grams(self, size, content: torch.Tensor, tiling: Tiling | None = None) -> Grams:
+    def style_grams(
+        self, size: tuple[int, int], content: torch.Tensor, tiling: Tiling | None = None
+    ) -> Grams:
         """Each pair's (blended) style Grams at `size`, stacked along the batch; style images
         too large to pass whole are summed tile by tile (`tiling`)."""
         per_pair = [
@@ -149,7 +158,9 @@ class Targets:
         layers = self.params.style_layers
         return {name: torch.cat([g[name] for g in per_pair]) for name in layers}
 
-    def _pair_grams(self, pair: Pair, size, content: torch.Tensor, tiling) -> Grams:
+    def _pair_grams(
+        self, pair: Pair, size: tuple[int, int], content: torch.Tensor, tiling: Tiling | None
+    ) -> Grams:
         # Colour preservation matches each style to its content, so only then does the
         # target depend on the content image.
         luma_key = pair.content_identity() if pair.params.preserve_color else None
@@ -169,7 +180,9 @@ class Targets:
         ]
         return blend_grams(grams, pair.blend_weights())
 
-    def _style_tensor(self, pair: Pair, style: Image.Image, size, content: torch.Tensor):
+    def _style_tensor(
+        self, pair: Pair, style: Image.Image, size: tuple[int, int], content: torch.Tensor
+    ) -> torch.Tensor:
         longest = round(max(size) * pair.params.style_scale)
         tensor = images.to_tensor(images.resize(style, images.fit_size(*style.size, longest)))
         tensor = tensor.to(self.device)
@@ -199,7 +212,7 @@ class Targets:
         """(B,): the pairs whose losses are balanced (params.loss)."""
         return torch.tensor([p.params.loss == "balanced" for p in self.pairs], device=self.device)
 
-    def initial_image(self, size, content: torch.Tensor) -> torch.Tensor:
+    def initial_image(self, size: tuple[int, int], content: torch.Tensor) -> torch.Tensor:
         """Each pair's start: its content, its first style stretched to size, or its noise."""
         w, h = size
         starts = []
@@ -216,7 +229,7 @@ class Targets:
             starts.append(start)
         return torch.cat(starts)
 
-    def recombine_colours(self, x: torch.Tensor, size) -> torch.Tensor:
+    def recombine_colours(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Put the content colours back for the pairs that asked to preserve them."""
         keep = [p.params.preserve_color for p in self.pairs]
         if not any(keep):

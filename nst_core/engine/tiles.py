@@ -11,9 +11,14 @@ exact while each tile sends far fewer pixels through the network.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nst_core.engine.layers import min_side, reach
+
+if TYPE_CHECKING:
+    import torch
 
 # Measured by `python -m bench.tiling` (BENCHMARKS.md, "tiling"): with relu5_1 (reach 85 px),
 # tiles of 64 px on a 256 px photo, a halo of 64 px (this share, rounded up to the stride)
@@ -28,12 +33,12 @@ class Tile:
     own: tuple[int, int, int, int]  # y0, y1, x0, x1: the pixels this tile answers for
     crop: tuple[int, int, int, int]  # the tile and its halo, clipped to the image
 
-    def pixels(self, image):
+    def pixels(self, image: torch.Tensor) -> torch.Tensor:
         """The crop of an (B, C, H, W) image tensor."""
         y0, y1, x0, x1 = self.crop
         return image[:, :, y0:y1, x0:x1]
 
-    def own_features(self, features, stride: int):
+    def own_features(self, features: torch.Tensor, stride: int) -> torch.Tensor:
         """This tile's own positions of a feature map computed from its crop.
 
         Position i at stride s covers pixels [i*s, (i+1)*s); a map of an image of H pixels
@@ -61,15 +66,14 @@ class Tiling:
     align: int
 
     @classmethod
-    def for_layers(cls, size: int, layers, halo: int | None = None) -> Tiling:
+    def for_layers(cls, size: int, layers: Collection[str], halo: int | None = None) -> Tiling:
         """Tiles for a network cut at `layers`: aligned to its deepest stride, with the
         default share of its reach as halo unless one is given (`reach(layers)` is exact);
         `size` and the halo are rounded up to the alignment."""
         align = min_side(layers)
         size = max(align, math.ceil(size / align) * align)
-        if halo is None:
-            halo = DEFAULT_HALO_SHARE * reach(layers)
-        return cls(size=size, halo=math.ceil(halo / align) * align, align=align)
+        context = DEFAULT_HALO_SHARE * reach(layers) if halo is None else halo
+        return cls(size=size, halo=math.ceil(context / align) * align, align=align)
 
     def spans(self, length: int) -> list[tuple[int, int, int, int]]:
         """Along one side of `length` pixels: (own start, own end, crop start, crop end)."""

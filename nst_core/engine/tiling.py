@@ -19,16 +19,18 @@ approximates them near tile borders, within the bound tiles.py gives.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from nst_core.engine.layers import pools_through
 from nst_core.engine.losses import style_loss, tv_loss
-from nst_core.engine.objective import Features, Objective, clamp_straight_through
+from nst_core.engine.objective import FeaturesOf, Objective, clamp_straight_through
 from nst_core.engine.tiles import Tile, Tiling
 
 
 def tiled_features(
-    features: Features, image: torch.Tensor, layers, tiling: Tiling
+    features: FeaturesOf, image: torch.Tensor, layers: Collection[str], tiling: Tiling
 ) -> dict[str, torch.Tensor]:
     """The whole image's feature maps at `layers` (fp32), assembled tile by tile."""
     height, width = image.shape[-2:]
@@ -49,14 +51,16 @@ def tiled_features(
 
 
 def tiled_grams(
-    features: Features, image: torch.Tensor, layers, tiling: Tiling
+    features: FeaturesOf, image: torch.Tensor, layers: Collection[str], tiling: Tiling
 ) -> dict[str, torch.Tensor]:
     """Each layer's Gram F F^T / (C H W) of the whole image, summed tile by tile (fp32)."""
     sums, positions = _gram_sums(features, image, layers, tiling)
     return {name: sums[name] / (sums[name].shape[1] * positions[name]) for name in layers}
 
 
-def _gram_sums(features: Features, image: torch.Tensor, layers, tiling: Tiling):
+def _gram_sums(
+    features: FeaturesOf, image: torch.Tensor, layers: Collection[str], tiling: Tiling
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     height, width = image.shape[-2:]
     sums: dict[str, torch.Tensor] = {}
     positions = {
@@ -92,7 +96,7 @@ class TiledObjective:
     def keep(self, rows: list[int]) -> TiledObjective:
         return TiledObjective(self.objective.keep(rows), self.tiling)
 
-    def evaluate(self, point: torch.Tensor):
+    def evaluate(self, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total (B,), parts (3, B), gradient like point) at `point`."""
         o = self.objective
         point = point.detach()
@@ -104,7 +108,7 @@ class TiledObjective:
         }
 
         # Pass 1: the whole image's Grams and content error, no gradient.
-        sums = {}
+        sums: dict[str, torch.Tensor] = {}
         content_error = torch.zeros(point.shape[0], device=point.device)
         with torch.no_grad():
             for tile in tiles:
@@ -122,12 +126,17 @@ class TiledObjective:
         style = style_loss(grams, o.style_targets, o.layer_weights, _same, o.style_scales)
         weights = o.loss_weights  # (B, 3): content, style, tv
         (weights[:, 1] * style).sum().backward()
-        d_grams = {name: grams[name].grad for name in style_layers}
+        d_grams: dict[str, torch.Tensor] = {}
+        for name in style_layers:
+            d_gram = grams[name].grad
+            assert d_gram is not None  # every style layer's Gram is in the style loss
+            d_grams[name] = d_gram
 
         image = point.clone().requires_grad_(True)
         tv = tv_loss(clamp_straight_through(image))
         (weights[:, 2] * tv).sum().backward()
         gradient = image.grad
+        assert gradient is not None  # a leaf of the tv loss: backward() set it
 
         # Pass 2: each tile's share of the gradient, added into the whole image's.
         for tile in tiles:
@@ -140,6 +149,7 @@ class TiledObjective:
                     gram.shape[1] * positions[name]
                 )
             surrogate.backward()
+            assert crop.grad is not None  # a leaf of the surrogate: backward() set it
             y0, y1, x0, x1 = tile.crop
             gradient[:, :, y0:y1, x0:x1] += crop.grad
 
@@ -147,11 +157,13 @@ class TiledObjective:
         total = (weights.T * parts).sum(dim=0)
         return total, parts, gradient
 
-    def _content_error(self, tile: Tile, feats, positions: dict[str, int]):
+    def _content_error(
+        self, tile: Tile, feats: dict[str, torch.Tensor], positions: dict[str, int]
+    ) -> torch.Tensor | float:
         """This tile's share of the content loss: its own squared error over the whole
         image's positions, per sample (mean over content layers, as Objective)."""
         o = self.objective
-        error = 0
+        error: torch.Tensor | float = 0
         for name, target in o.content_targets.items():
             stride = 2 ** pools_through(name)
             own = tile.own_features(feats[name], stride).float()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,13 +135,17 @@ class VGGFeatures(nn.Module):
     when it is requested alongside the ReLU after it.
     """
 
+    # Buffers registered in __init__.
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
-        layers,
+        layers: Iterable[str],
         state_dict: dict[str, torch.Tensor],
         preprocess: Preprocess,
         pooling: str = "max",
-    ):
+    ) -> None:
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))
         self.preprocess = preprocess

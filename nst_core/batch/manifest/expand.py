@@ -71,6 +71,7 @@ def expand(
         pair_jobs += _pair_jobs(pair, f"pairs[{i}]", params, resolver, limits.max_blend_styles)
     _check_count(len(contents) * len(styles) + len(pair_jobs), max_jobs, problems)
     problems.raise_if_any()
+    assert defaults is not None  # None only with a problem, raised just above
     cross = [
         JobSpec(c, ((s, 1.0),), defaults, "contents x styles") for c in contents for s in styles
     ]
@@ -151,7 +152,7 @@ def _pair_jobs(
             f"{max_blend} (NST_MAX_BLEND_STYLES)",
         )
         return []  # not one of them is looked up
-    refs = []
+    refs: list[tuple[str, float]] = []
     for j, ref in enumerate(pair.style):
         found = resolver.entry(ref.uri, f"{where}.style[{j}]")
         if len(found) > 1:

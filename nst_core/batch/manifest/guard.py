@@ -7,7 +7,7 @@ values fail fast as a ManifestError instead of exhausting memory or time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
@@ -20,13 +20,16 @@ MAX_YAML_DEPTH = 32
 
 # libyaml when PyYAML was built with it: composing in C is several times faster, and libyaml
 # refuses nesting deeper than 1,000 levels before Python would hit its recursion limit.
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:  # PyYAML has no type information: to mypy either loader is Any
+    _BaseLoader: TypeAlias = yaml.SafeLoader
+else:
+    _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _StrictLoader(_BaseLoader):
     """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):

@@ -140,5 +140,5 @@ def _inside(candidate: str, folder: str) -> bool:
     return candidate.startswith(folder.rstrip("/") + "/")
 
 
-def _unique(items) -> list[str]:
+def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))

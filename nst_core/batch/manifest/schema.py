@@ -33,8 +33,9 @@ def _patch_model() -> type[BaseModel]:
     Field types and ranges come from StyleParams itself, so the two cannot drift; checks
     across fields run later, on the merged parameters.
     """
-    fields = {}
+    fields: dict[str, Any] = {}  # create_model takes each as a keyword: (type, FieldInfo)
     for name, info in StyleParams.model_fields.items():
+        assert info.annotation is not None  # pydantic sets it for every field of a model
         optional = info.annotation | None
         patched = info.merge_field_infos(info, default=None)
         fields[name] = (optional, patched)
@@ -143,8 +144,8 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
         # one run shows every problem of the document.
         if isinstance(raw.get("defaults"), dict):
             problems += patch_problems(raw["defaults"], "defaults")
-        pairs = raw.get("pairs") if isinstance(raw.get("pairs"), list) else []
-        for i, pair in enumerate(pairs):
+        pairs = raw.get("pairs")
+        for i, pair in enumerate(pairs if isinstance(pairs, list) else []):
             if isinstance(pair, dict) and isinstance(pair.get("params"), dict):
                 problems += patch_problems(pair["params"], f"pairs[{i}].params")
         raise ManifestError([f"{source}: {p}" for p in problems]) from None

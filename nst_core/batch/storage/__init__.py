@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 from . import local, s3
 from .errors import StorageError, check_size, redact, too_large
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 
-def _backend(uri: str):
+def _backend(uri: str) -> ModuleType:
     """The backend module for `uri`: `s3` for s3://bucket/key, `local` for anything else."""
     return s3 if is_s3(uri) else local
 

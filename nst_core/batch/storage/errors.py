@@ -26,7 +26,7 @@ class StorageError(NstError):
         self.uri, self.cause, self.transient = str(uri), redact(cause), transient
         super().__init__(f"{uri}: {self.cause}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, str, bool]]:
         # Exceptions pickle as cls(*args); ours takes more than the message.
         return type(self), (self.uri, self.cause, self.transient)
 

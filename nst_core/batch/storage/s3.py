@@ -14,9 +14,13 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from .errors import StorageError, check_size
 from .uris import S3_PREFIX, name, split, split_object
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
 
 # Types mimetypes does not know (or guesses differently across Python versions).
 _CONTENT_TYPES = {
@@ -46,7 +50,7 @@ _CLIENT_ENV = (
 _client_lock = threading.Lock()
 
 
-def s3_client():
+def s3_client() -> Any:  # a boto3 S3 client; boto3 has no type information
     """The process-wide boto3 S3 client for the current environment (thread-safe)."""
     from nst_core.settings import Settings
 
@@ -65,7 +69,7 @@ def reset_clients() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _build_client(env: tuple[str | None, ...], tuning: tuple[int, float, float]):
+def _build_client(env: tuple[str | None, ...], tuning: tuple[int, float, float]) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -124,7 +128,7 @@ def translate(uri: str) -> Iterator[None]:
         raise StorageError(uri, exc.strerror or str(exc)) from exc
 
 
-def _client_error(uri: str, exc) -> StorageError:
+def _client_error(uri: str, exc: ClientError) -> StorageError:
     """The StorageError for an S3 error answer (a botocore ClientError)."""
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
