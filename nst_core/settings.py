@@ -67,7 +67,9 @@ class Settings(BaseModel):
     precision: Literal["fp32", "bf16"] | None = Field(
         None, description="What `precision: auto` means on every device, instead of timing."
     )
-    s3_max_attempts: int = Field(5, ge=1, description="Attempts per S3 request (botocore).")
+    s3_max_attempts: int = Field(
+        5, ge=1, description="Retries of an S3 request after its first attempt (botocore's)."
+    )
     s3_connect_timeout: float = Field(5.0, gt=0, description="S3 connect timeout, seconds.")
     s3_read_timeout: float = Field(30.0, gt=0, description="S3 read timeout, seconds.")
     debug: bool = Field(False, description="Show tracebacks of unexpected errors.")

@@ -23,7 +23,10 @@ from nst_core.batch import manifest as mf
 from nst_core.batch.manifest import ManifestError, expand, load_plan, parse_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_S = 2.0  # "quickly": generous on a busy 2-core machine; the work itself is 10-400 ms
+# "Quickly", in CPU seconds of this process: what other processes do on the machine does not
+# count, so a busy machine cannot make these tests red; the work itself is 10-400 ms, and the
+# bugs they guard against took 12 s and more.
+QUICK_S = 2.0
 
 
 @pytest.fixture
@@ -92,9 +95,9 @@ def rejected_by_cli(manifest, capsys) -> tuple[list[str], list[str]]:
     """`nst validate` and `nst run` on `manifest`: both exit 2, quickly; their error lines."""
     lines = []
     for command in (["validate", manifest], ["run", manifest]):
-        started = time.perf_counter()
+        started = time.process_time()
         code, out, err = run_cli(command, capsys)
-        elapsed = time.perf_counter() - started
+        elapsed = time.process_time() - started
         assert code == 2 and out == "", (command, out, err)
         assert elapsed < QUICK_S, f"{command[0]} took {elapsed:.1f} s"
         lines.append(err.strip().splitlines())
@@ -110,10 +113,10 @@ def test_10_mb_of_yaml_is_refused_before_it_is_read(area, touched, capsys, no_fl
     assert manifest.stat().st_size > 10_000_000
     before = tree(area.parent.parent)
 
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ManifestError) as info:
         load_plan(str(manifest))
-    assert time.perf_counter() - started < QUICK_S
+    assert time.process_time() - started < QUICK_S
     assert info.value.problems == [
         f"{manifest}: manifest is larger than the limit of {mf.MAX_MANIFEST_BYTES:,} bytes"
     ]
@@ -122,10 +125,10 @@ def test_10_mb_of_yaml_is_refused_before_it_is_read(area, touched, capsys, no_fl
     assert "read_bytes" not in touched  # its size alone decided
     assert tree(area.parent.parent) == before
     # Bytes that arrive some other way are measured before they are decoded or parsed.
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ManifestError, match="bytes; the limit is"):
         parse_manifest(manifest.read_bytes(), "inbox/big.yaml")
-    assert time.perf_counter() - started < QUICK_S
+    assert time.process_time() - started < QUICK_S
 
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -169,10 +172,10 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 def test_hostile_yaml_is_refused_quickly_with_one_line(area, text, expected, capsys, no_flow):
     manifest = write(area, text)
     before = tree(area.parent.parent)
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ManifestError) as info:
         load_plan(str(manifest))
-    assert time.perf_counter() - started < QUICK_S
+    assert time.process_time() - started < QUICK_S
     assert len(info.value.problems) == 1 and expected in info.value.problems[0]
     lines, _ = rejected_by_cli(manifest, capsys)
     assert len(lines) == 1 and expected in lines[0]
@@ -363,9 +366,9 @@ def test_a_glob_past_the_job_limit_is_refused_without_reading_an_image(area, tou
         (photos / f"p{i:05d}.png").write_bytes(b"")
     manifest = write(area, manifest_with(contents=["photos/*.png"]))
     before = tree(area.parent.parent)
-    started = time.perf_counter()
+    started = time.process_time()
     code, out, err = run_cli(["validate", manifest], capsys)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert code == 2 and out == ""
     assert err.strip() == (
         f"error: {manifest}: expands to {mf.DEFAULT_MAX_JOBS + 2:,} jobs; the limit is "
@@ -429,9 +432,9 @@ def test_the_largest_legitimate_manifest_still_passes(area):
     )
     manifest = write(area, text)
     assert manifest.stat().st_size < mf.MAX_MANIFEST_BYTES
-    started = time.perf_counter()
+    started = time.process_time()
     plan = load_plan(str(manifest))
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert len(plan.jobs) == mf.DEFAULT_MAX_JOBS
     assert {j.params.iterations for j in plan.jobs} == {3, 4}
     assert elapsed < 10 * QUICK_S, f"{elapsed:.1f} s"

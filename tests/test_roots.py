@@ -13,7 +13,7 @@ from imagegen import png_bytes, scene, stripes
 
 from nst_core.batch import jobs, storage
 
-QUICK_S = 2.0
+QUICK_S = 2.0  # CPU seconds of this process (a busy machine does not count against it)
 
 
 @pytest.fixture
@@ -119,9 +119,9 @@ def test_a_symlink_inside_a_root_cannot_lead_out_of_it(area, capsys):
 
 def test_a_glob_reaching_above_the_roots_is_refused_before_it_is_listed(area, touched, capsys):
     path = manifest(area, ["/**/*.jpg", "../*/secret.png"])
-    started = time.perf_counter()
+    started = time.process_time()
     lines = errors(["validate", path, "--read-root", area], capsys)
-    assert time.perf_counter() - started < QUICK_S
+    assert time.process_time() - started < QUICK_S
     assert lines == [
         f"error: {path}: contents[0]: glob '/**/*.jpg' would list '/', outside the read roots "
         f"({area}); start it under one of them",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -231,10 +230,19 @@ def test_s3_unreachable_endpoint_fails_fast(monkeypatch, fresh_clients):
     }.items():
         monkeypatch.setenv(key, value)
     storage.reset_clients()
-    started = time.monotonic()
+    client = storage.s3_client()
+    # "Fast" as the settings make it, counted rather than timed: the attempts botocore made
+    # and the timeout each had, whatever the machine's speed.
+    attempts = []
+    client.meta.events.register(
+        "before-send.s3.*", lambda **kwargs: attempts.append(kwargs["event_name"])
+    )
     with pytest.raises(StorageError, match="cannot reach the S3 endpoint") as info:
         storage.read_bytes("s3://bucket/key.txt")
-    assert time.monotonic() - started < 10
+    # The first attempt and NST_S3_MAX_ATTEMPTS retries (botocore's max_attempts counts
+    # retries), not botocore's default of 5.
+    assert attempts == ["before-send.s3.GetObject"] * 3
+    assert client.meta.config.connect_timeout == 1 and client.meta.config.read_timeout == 1
     assert info.value.transient  # a batch retries the unit instead of failing its jobs
 
 
