@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nst_core.engine import images
+from nst_core.engine.best import BestPoint
 from nst_core.engine.devices import resolve_device, resolve_precision
 from nst_core.engine.execution import Execution
 from nst_core.engine.losses import gram
@@ -206,7 +207,7 @@ class Scales:
         else:
             x = F.interpolate(previous, size=(h, w), mode="bicubic", align_corners=False)
             x = x.clamp(0, 1)
-        best = _Best(x)
+        best = BestPoint(x)
         stepper = self.optimizer(x, self.params)
         stopping = Stopping([pair.params for pair in self.targets.pairs])
         offset = list(self.evaluations)
@@ -280,28 +281,6 @@ def _leaving(
         stopped = stopping.update(rows, total.tolist())
         leaving += [b for b in stopped if b not in leaving]
     return sorted(leaving)
-
-
-class _Best:
-    """Per-sample lowest-loss point seen so far, kept on the device without host syncs."""
-
-    def __init__(self, x: torch.Tensor):
-        self.x = x.detach().clone()
-        self.total = torch.full((x.shape[0],), float("inf"), device=x.device)
-        self.parts = torch.zeros(3, x.shape[0], device=x.device)
-
-    def update(
-        self, rows: list[int], x: torch.Tensor, total: torch.Tensor, parts: torch.Tensor
-    ) -> None:
-        """Take the evaluation of batch rows `rows` (x, total and parts hold those rows)."""
-        index = torch.tensor(rows, device=self.x.device)
-        now = self.total.index_select(0, index)
-        better = total < now
-        kept_x = self.x.index_select(0, index)
-        self.x.index_copy_(0, index, torch.where(better.view(-1, 1, 1, 1), x, kept_x))
-        self.total.index_copy_(0, index, torch.where(better, total, now))
-        kept_parts = self.parts.index_select(1, index)
-        self.parts.index_copy_(1, index, torch.where(better.unsqueeze(0), parts, kept_parts))
 
 
 def _rows(values: torch.Tensor) -> list[dict[str, float]]:
