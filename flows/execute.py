@@ -28,7 +28,7 @@ from nst_core.batch import runner, units
 from nst_core.batch.jobs import Job
 from nst_core.batch.records import JobEntry
 from nst_core.engine.targets import GramCache
-from nst_core.settings import Settings
+from nst_core.settings import DEFAULT_BATCH_TIMEOUT_S, Settings
 
 if TYPE_CHECKING:
     from flows.runners import UnitPlacement
@@ -42,7 +42,7 @@ SLOT_TIMEOUT_S = 6 * 3600  # a unit waits this long at most for its device
 LEASE_S = 60
 # The flow stops waiting for its units after this long (NST_BATCH_TIMEOUT_S); so does a
 # sharded parent for its children (the shard_timeout_s parameter).
-BATCH_TIMEOUT_S = 24 * 3600
+BATCH_TIMEOUT_S = DEFAULT_BATCH_TIMEOUT_S
 
 
 def device_limit_name(device: str) -> str:
@@ -118,9 +118,7 @@ def stylize_unit(
                 force=force,
                 unit=label,
                 warn=logger.warning,
-                max_input_bytes=settings.limits.max_input_bytes,
-                claim_lease_s=settings.claim_lease_s,
-                precision=settings.precision,
+                settings=settings,
             ),
         )
     return [

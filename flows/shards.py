@@ -14,7 +14,6 @@ carry idempotency keys, so a retried parent finds its children instead of starti
 from __future__ import annotations
 
 import time
-from logging import Logger, LoggerAdapter
 from typing import cast
 from uuid import UUID
 
@@ -25,6 +24,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
+from flows.execute import RunLogger
 from nst_core.batch import jobs, records, units
 from nst_core.batch.records import JobEntry, Record
 
@@ -95,7 +95,7 @@ def run_shards(
     return unfinished
 
 
-def _wait(run_ids: list[UUID], *, timeout_s: float, logger: Logger | LoggerAdapter) -> list[str]:
+def _wait(run_ids: list[UUID], *, timeout_s: float, logger: RunLogger) -> list[str]:
     """Each child's final state type, polling until all are final or `timeout_s` passes;
     children still running then are cancelled and reported as timed out."""
     deadline = time.monotonic() + timeout_s

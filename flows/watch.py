@@ -38,6 +38,7 @@ from prefect.states import Cancelled
 from flows.execute import RunLogger
 from flows.shards import ADHOC
 from nst_core.batch import inbox as drop_box
+from nst_core.batch.claims import CLOCK_SKEW
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import ManifestError, load_plan
 from nst_core.batch.roots import Roots
@@ -142,7 +143,7 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
         for claim in claims:
             try:
                 if claim.flow_run_id is None:
-                    if claim.claimed_at - now > drop_box.CLOCK_SKEW:
+                    if claim.claimed_at - now > CLOCK_SKEW:
                         # No watcher writes that: a planted or broken claim would hold its
                         # manifest for good.
                         logger.warning(
@@ -151,7 +152,7 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
                             claim.uri,
                             claim.owner[:80],
                             claim.claimed_at.isoformat(),
-                            drop_box.CLOCK_SKEW,
+                            CLOCK_SKEW,
                         )
                         drop_box.release(claim.manifest)
                     elif now - claim.claimed_at > STALE_CLAIM:
@@ -205,10 +206,7 @@ def _drop_missed_ticks(inbox: str, logger: RunLogger) -> None:
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                expected_start_time=FlowRunFilterExpectedStartTime(
-                    # A datetime is what the API takes; the stubs name Prefect's subclass.
-                    before_=datetime.now(UTC)  # type: ignore[arg-type]
-                ),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
             )
         )
         missed = [r for r in waiting if r.id != me.id and r.parameters.get("inbox") == inbox]

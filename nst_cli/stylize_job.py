@@ -117,8 +117,7 @@ def stylize_file(job: jobs.Job, settings: Settings) -> str:
             claim=False,
             record_failures=False,
             progress=progress,
-            max_input_bytes=settings.limits.max_input_bytes,
-            precision=settings.precision,
+            settings=settings,
         )
         (outcome,) = runner.run_unit([job], job.execution.device, options=options)
     if outcome.status != "completed":

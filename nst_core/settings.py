@@ -19,6 +19,9 @@ from nst_core.engine.limits import Limits
 from nst_core.errors import NstError
 
 PREFIX = "NST_"
+DEFAULT_CLAIM_LEASE_S = 180.0  # a job claim's lease, renewed every third of it
+MAX_CLAIM_LEASE_S = 3600.0  # past this (plus clock skew), a claim was set by no run of ours
+DEFAULT_BATCH_TIMEOUT_S = 24 * 3600.0  # a flow waits this long for its units, or its shards
 
 
 class Settings(BaseModel):
@@ -49,10 +52,13 @@ class Settings(BaseModel):
         description="Memory one device may use, GB; unset: 80% of a GPU's, or 4 GB on the CPU.",
     )
     claim_lease_s: float = Field(
-        180.0, ge=1, le=3600, description="A job claim's lease, renewed every third of it."
+        DEFAULT_CLAIM_LEASE_S,
+        ge=1,
+        le=MAX_CLAIM_LEASE_S,
+        description="A job claim's lease, renewed every third of it.",
     )
     batch_timeout_s: float = Field(
-        24 * 3600.0, gt=0, description="How long a flow waits for its units, seconds."
+        DEFAULT_BATCH_TIMEOUT_S, gt=0, description="How long a flow waits for its units, seconds."
     )
     task_runner: Literal["thread", "ray"] = Field(
         "thread", description="Where a flow's units run unless the flow parameter says."

@@ -124,7 +124,7 @@ def test_an_input_that_grew_after_validation_fails_its_job_without_being_read_wh
     )
     content.write_bytes(png_bytes(scene()) + b"\0" * 3 * 2**20)
     monkeypatch.setenv("NST_MAX_INPUT_MB", "2")  # as a worker's settings would say
-    options = runner.UnitOptions(max_input_bytes=Settings.from_env().limits.max_input_bytes)
+    options = runner.UnitOptions(settings=Settings.from_env())
     (outcome,) = runner.run_unit([job], "cpu", options=options)
     assert outcome.status == "failed"
     assert outcome.error.endswith("is 3.0 MB; an input may be at most 2 MB (NST_MAX_INPUT_MB)")

@@ -215,9 +215,9 @@ def _count_reads(monkeypatch) -> Counter:
     reads: Counter = Counter()
     real = storage.read_bytes
 
-    def counted(uri, max_bytes=None):
+    def counted(uri, max_bytes=None, **kwargs):
         reads[str(uri)] += 1
-        return real(uri, max_bytes)
+        return real(uri, max_bytes, **kwargs)
 
     monkeypatch.setattr(storage, "read_bytes", counted)
     return reads

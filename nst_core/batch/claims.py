@@ -30,12 +30,12 @@ from nst_core.batch import processes, storage
 from nst_core.batch.jobs import Job
 from nst_core.batch.layout import RunLayout
 from nst_core.errors import NstError
+from nst_core.settings import DEFAULT_CLAIM_LEASE_S as DEFAULT_LEASE_S
+from nst_core.settings import MAX_CLAIM_LEASE_S as MAX_LEASE_S
 
-DEFAULT_LEASE_S = 180.0  # NST_CLAIM_LEASE_S (settings.py); renewed every third of it
-MAX_LEASE_S = 3600.0  # the longest lease NST_CLAIM_LEASE_S may set (settings.py checks it)
 # How far hosts' clocks may disagree: a lease that ends later than MAX_LEASE_S plus this from
-# now cannot be a real holder's.
-CLOCK_SKEW_S = 300.0
+# now cannot be a real holder's (nor a watcher's inbox claim dated further ahead: inbox.py).
+CLOCK_SKEW = timedelta(minutes=5)
 _NAME = re.compile(r"^(?P<key>[0-9a-f]{64})\.(?P<generation>\d+)\.json$")
 _HOST = socket.gethostname()
 # Keys whose claims some JobClaims of this process holds right now.
@@ -113,7 +113,7 @@ class JobClaims:
                     f"{uri}: a claim by {str(holder.get('owner'))[:80]!r} on host "
                     f"{str(holder.get('host'))[:80]!r} runs until "
                     f"{str(holder.get('expires_at'))[:40]}, beyond the longest lease "
-                    f"({MAX_LEASE_S:.0f} s) plus clock skew ({CLOCK_SKEW_S:.0f} s); taken over"
+                    f"({MAX_LEASE_S:.0f} s) plus clock skew ({CLOCK_SKEW.seconds} s); taken over"
                 )
             elif holder is not None and _live(holder, job.key):
                 return False
@@ -184,7 +184,7 @@ def _live(holder: dict, key: str) -> bool:
 
 def _beyond_any_lease(holder: dict) -> bool:
     """Whether a claim's lease ends later than any holder could have set it to."""
-    latest = datetime.now(UTC) + timedelta(seconds=MAX_LEASE_S + CLOCK_SKEW_S)
+    latest = datetime.now(UTC) + timedelta(seconds=MAX_LEASE_S) + CLOCK_SKEW
     return _expires(holder) > latest
 
 

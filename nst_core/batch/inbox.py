@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -30,8 +30,6 @@ from nst_core.batch.roots import Roots
 
 CLAIMS, DONE, FAILED = ".claims", "done", "failed"
 MAX_CLAIM_BYTES = 64 * 1024  # a claim is a few hundred bytes; anything bigger is not ours
-# How far watchers' clocks may disagree: a claim dated further ahead was written by none.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 class Claim(BaseModel):

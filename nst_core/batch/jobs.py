@@ -224,12 +224,11 @@ def build_jobs(
     """Key every job of a plan (reading each input once, refusing one over
     `max_input_bytes`); duplicates collapse into one, and two distinct jobs that would write
     one output are refused (NstError naming both)."""
-    limit = max_input_bytes
     planned: dict[str, InputFile] = {}
 
     def input_file(uri: str) -> InputFile:
         if uri not in planned:
-            planned[uri] = probe_input(uri, storage.read_bytes(uri, limit))
+            planned[uri] = probe_input(uri, storage.read_bytes(uri, max_input_bytes))
         return planned[uri]
 
     jobs: dict[str, Job] = {}

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 import torch
 
 from nst_core.batch import records, storage, thumbnails
-from nst_core.batch.claims import DEFAULT_LEASE_S, JobClaims, claims_folder, generations
+from nst_core.batch.claims import JobClaims, claims_folder, generations
 from nst_core.batch.jobs import Job
 from nst_core.batch.records import Record, Status
 from nst_core.batch.unit_inputs import UnitInputs
 from nst_core.engine import images
-from nst_core.engine.limits import Limits
 from nst_core.engine.loop import Progress, Result, stylize_batch
 from nst_core.engine.targets import GramCache, Pair
 from nst_core.errors import ImageError, NstError
+from nst_core.settings import Settings
 
 
 @dataclass
@@ -72,9 +72,9 @@ class UnitOptions:
     record_failures: bool = True  # a failed job gets a `failed` record
     progress: Progress | None = None  # the engine's progress callback
     unit: str | None = None  # the unit's name, for the records' `execution`
-    max_input_bytes: int = Limits().max_input_bytes  # the settings' NST_MAX_INPUT_MB
-    claim_lease_s: float = DEFAULT_LEASE_S  # the settings' NST_CLAIM_LEASE_S
-    precision: str | None = None  # what `precision: auto` means (NST_PRECISION), if set
+    # Input size limit, claim lease and what `precision: auto` means; default: the built-in
+    # settings (never read from the environment here).
+    settings: Settings = field(default_factory=Settings)
     warn: Callable[[str], None] | None = None  # where a claim taken over is reported
 
 
@@ -105,7 +105,7 @@ def run_unit(
     options = options or UnitOptions()
     outcomes: dict[str, Outcome] = {}
     claims = (
-        JobClaims(options.claim_lease_s, options.warn)
+        JobClaims(options.settings.claim_lease_s, options.warn)
         if options.claim
         else contextlib.nullcontext(_Unclaimed())
     )
@@ -136,7 +136,7 @@ def _claim_and_load(unit: list[Job], held: JobClaims | _Unclaimed, batch: _Batch
             for folder in dict.fromkeys(claims_folder(job) for job in unit)
             for key, gens in generations(folder).items()
         }
-    inputs = UnitInputs(options.max_input_bytes)
+    inputs = UnitInputs(options.settings.limits.max_input_bytes)
     loaded: list[_Loaded] = []
     for job in unit:
         if not held.take(job, seen):
@@ -184,7 +184,7 @@ class _Batch:
         started = time.perf_counter()
         pairs = [pair for _, pair, _ in loaded]
         # The planner gave every job of a unit one execution; the unit got its device.
-        execution = loaded[0][0].execution.on(self.device, self.options.precision)
+        execution = loaded[0][0].execution.on(self.device, self.options.settings.precision)
         try:
             results = stylize_batch(
                 pairs, cache=self.cache, progress=self.options.progress, execution=execution

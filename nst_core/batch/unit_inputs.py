@@ -67,7 +67,7 @@ class UnitInputs:
     def _read(self, file: InputFile, job: Job) -> Image.Image:
         roots = Roots(read=job.read_roots)
         problem = roots.read_problem if job.read_roots is not None else None
-        data = storage.read_confined(file.uri, self.max_bytes, problem)
+        data = storage.read_bytes(file.uri, self.max_bytes, confine=problem)
         if sha256(data) != file.sha256:
             raise InputChanged(f"input changed since it was planned: {file.uri}")
         image = images.decode_image(data, file.uri)

@@ -123,11 +123,19 @@ def job_bytes(job: Job) -> int | None:
     size = output_size(job)
     if size is None:
         return None
-    styles, history_on = len(job.styles), job.execution.history_on
     tile = job.execution.tile_size(size)
     if tile is not None:
-        return tiled_bytes(*size, job.params, tile, styles=styles, history_on=history_on)
-    return estimate_bytes(*size, job.params, styles=styles, history_on=history_on)
+        return _job_tiled_bytes(job, size, tile)
+    return estimate_bytes(
+        *size, job.params, styles=len(job.styles), history_on=job.execution.history_on
+    )
+
+
+def _job_tiled_bytes(job: Job, size: tuple[int, int], tile: int) -> int:
+    """tiled_bytes for `job` at `size` in tiles of `tile`, as its execution runs it."""
+    return tiled_bytes(
+        *size, job.params, tile, styles=len(job.styles), history_on=job.execution.history_on
+    )
 
 
 def in_tiles(job: Job, budget_bytes: int) -> Job | None:
@@ -145,9 +153,7 @@ def in_tiles(job: Job, budget_bytes: int) -> Job | None:
     width, height = size
     best = None
     for tile in _tile_sizes(job.params, max(size)):
-        styles, history_on = len(job.styles), job.execution.history_on
-        need = tiled_bytes(width, height, job.params, tile, styles=styles, history_on=history_on)
-        if need <= budget_bytes:
+        if _job_tiled_bytes(job, size, tile) <= budget_bytes:
             cost = tiling_for(job.params, tile).network_pixels(height, width)
             if best is None or cost < best[0]:
                 best = (cost, tile)
@@ -250,8 +256,7 @@ def _smallest_tiles_bytes(job: Job) -> int:
     if job.params.tile != "auto" or size is None:
         return 2**62
     smallest = tiling_for(job.params, 1).align
-    styles, history_on = len(job.styles), job.execution.history_on
-    return tiled_bytes(*size, job.params, smallest, styles=styles, history_on=history_on)
+    return _job_tiled_bytes(job, size, smallest)
 
 
 def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:

@@ -50,7 +50,6 @@ __all__ = [
     "name",
     "parent",
     "read_bytes",
-    "read_confined",
     "redact",
     "reset_clients",
     "s3_client",
@@ -71,28 +70,19 @@ def _backend(uri: str) -> ModuleType:
 # --------------------------------------------------------------------------- bytes
 
 
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
-    """The bytes at `uri`; with `max_bytes`, a larger object is refused before it is read
-    (from its size as stored, and again while reading, in case it grew)."""
-    uri = str(uri)
-    with translate(uri):
-        data = _backend(uri).read_bytes(uri, max_bytes)
-    if max_bytes is not None:
-        check_size(uri, len(data), max_bytes)
-    return data
-
-
-def read_confined(
-    uri: str, max_bytes: int | None, problem: Callable[[str], str | None] | None
+def read_bytes(
+    uri: str, max_bytes: int | None = None, *, confine: Callable[[str], str | None] | None = None
 ) -> bytes:
-    """read_bytes for an input whose reads are confined (a run's read roots): a local file is
-    checked as opened, links resolved, by `problem` (why a real path may not be read, or
-    None). S3 keys are plain names, checked when the run was planned."""
+    """The bytes at `uri`; with `max_bytes`, a larger object is refused before it is read
+    (from its size as stored, and again while reading, in case it grew). `confine` (a run's
+    read roots: why a real path may not be read, or None) checks a local file as opened,
+    links resolved; S3 keys are plain names, checked when the run was planned."""
     uri = str(uri)
-    if problem is None or is_s3(uri):
-        return read_bytes(uri, max_bytes)
     with translate(uri):
-        data = local.read_confined(uri, max_bytes, problem)
+        if confine is not None and not is_s3(uri):
+            data = local.read_bytes(uri, max_bytes, confine)
+        else:
+            data = _backend(uri).read_bytes(uri, max_bytes)
     if max_bytes is not None:
         check_size(uri, len(data), max_bytes)
     return data

@@ -43,31 +43,20 @@ def _is_temp(filename: str) -> bool:
     return filename.startswith(".") and filename.endswith(".part")
 
 
-def read_bytes(path: str, max_bytes: int | None) -> bytes:
+def read_bytes(
+    path: str, max_bytes: int | None, confine: Callable[[str], str | None] | None = None
+) -> bytes:
     """The file's bytes; with `max_bytes`, at most one byte more, after refusing a file whose
-    size is already over it."""
-    check_uri(path)
-    if max_bytes is None:
-        return Path(path).read_bytes()
-    with open(path, "rb") as handle:
-        check_size(path, os.fstat(handle.fileno()).st_size, max_bytes)
-        return handle.read(max_bytes + 1)
-
-
-def read_confined(path: str, max_bytes: int | None, problem: Callable[[str], str | None]) -> bytes:
-    """Like read_bytes, but the file actually opened (every link resolved, from the open
-    descriptor itself) must be one `problem` does not object to: a link re-pointed between
-    planning and reading cannot lead the read out of its roots."""
+    size is already over it. With `confine`, the file actually opened (every link resolved,
+    from the open descriptor itself) must be one it does not object to: a link re-pointed
+    between planning and reading cannot lead the read out of its roots."""
     check_uri(path)
     with open(path, "rb") as handle:
-        opened = _opened_path(handle.fileno(), path)
-        why = problem(opened)
-        if why:
+        if confine is not None and (why := confine(_opened_path(handle.fileno(), path))):
             raise StorageError(path, f"refused when opened: {why}")
-        size = os.fstat(handle.fileno()).st_size
         if max_bytes is None:
             return handle.read()
-        check_size(path, size, max_bytes)
+        check_size(path, os.fstat(handle.fileno()).st_size, max_bytes)
         return handle.read(max_bytes + 1)
 
 
