@@ -26,8 +26,9 @@ from bench.common import machine, write_section
 from nst_core.batch import storage
 from nst_core.batch.jobs import InputFile, make_job, probe_input
 from nst_core.batch.layout import RunLayout
-from nst_core.batch.records import JobEntry, Losses, Record, Summary
+from nst_core.batch.records import JobEntry, Losses, Record, Summary, Timings
 from nst_core.engine.params import StyleParams
+from nst_core.engine.trace import HistoryRow, LossValues
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gallery.json"
 CHROMIUM = "/usr/bin/chromium"
@@ -56,21 +57,21 @@ def _picture(seed: int, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _history(rng: random.Random, evaluations: int = 60, every: int = 10) -> list[dict]:
+def _history(rng: random.Random, evaluations: int = 60, every: int = 10) -> list[HistoryRow]:
     style, content = rng.uniform(50, 500), rng.uniform(1, 10)
     rows = []
     for k in range(every, evaluations + 1, every):
         style, content = style * rng.uniform(0.4, 0.8), content * rng.uniform(1.0, 1.2)
         rows.append(
-            {
-                "evaluation": k,
-                "scale": 48,
-                "seconds": round(k * 0.01, 4),
-                "total": style + content,
-                "content": content,
-                "style": style,
-                "tv": 0.0,
-            }
+            HistoryRow(
+                evaluation=k,
+                scale=48,
+                seconds=round(k * 0.01, 4),
+                total=style + content,
+                content=content,
+                style=style,
+                tv=0.0,
+            )
         )
     return rows
 
@@ -118,7 +119,8 @@ def synthetic_run(
                 entries.append(JobEntry.of(job, "failed", record=record, error=why))
                 continue
             history = _history(rng)
-            final = {k: v for k, v in history[-1].items() if k in ("total", "content", "style")}
+            last = history[-1]
+            final = LossValues(total=last.total, content=last.content, style=last.style, tv=0)
             record = Record.failed(job, "").model_copy(
                 update={
                     "status": "completed",
@@ -128,7 +130,7 @@ def synthetic_run(
                     "precision": "fp32",
                     "evaluations": 60,
                     "losses": Losses(final=final, history=history),
-                    "timings": {"read_s": 0.01, "optimize_s": 1.5},
+                    "timings": Timings(read_s=0.01, optimize_s=1.5, write_s=0.01),
                 }
             )
             storage.write_bytes(job.output, _picture(1000 + len(entries), size))

@@ -59,11 +59,12 @@ from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
 from nst_core.batch.units import estimate_bytes, job_bytes, split_unfit, unfit_reason
 from nst_core.engine import images
-from nst_core.engine.loop import network_for, network_layers, stylize_batch
+from nst_core.engine.loop import network_for, network_layers, stylize_pairs
 from nst_core.engine.losses import gram
 from nst_core.engine.params import StyleParams
 from nst_core.engine.steppers import LBFGSSteps
 from nst_core.engine.targets import Pair
+from nst_core.engine.trace import HistoryRow
 from nst_core.engine.vgg import load_vgg
 
 GFLOP_PER_IMAGE_ITERATION_512 = 379.0
@@ -149,7 +150,7 @@ class Bench:
         }
         self.baseline_images: list[torch.Tensor] = []
         self.baseline_final_loss: float | None = None
-        self.engine_history: list[dict] = []
+        self.engine_history: list[HistoryRow] = []
         self.engine_image = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class Bench:
 
         def run(params=params):
             pairs = [Pair(self.content, [self.style], params)] * batch
-            return stylize_batch(pairs, **(parts or {}))
+            return stylize_pairs(pairs, **(parts or {}))
 
         run(params.model_copy(update={"iterations": 2}))  # cuDNN autotuning, allocator warm-up
         base = self.reset_peak()
@@ -309,8 +310,8 @@ class Bench:
             "image_iterations_per_s": rate,
             "tflops": rate * gflop_per_image_iteration(width, height) / 1000,
             "peak_mb": self.peak_mb(base),
-            "predicted_mb": estimate_bytes(width, height, resolved, batch=batch) / 2**20,
-            "final_total_pair0": results[0].final["total"],
+            "predicted_mb": estimate_bytes(width, height, resolved, pairs=batch) / 2**20,
+            "final_total_pair0": results[0].final.total,
         }
         return row, results
 
@@ -342,9 +343,9 @@ class Bench:
         # The engine's own trace (every history_every evaluations) against the baseline's
         # median final loss: how many of its evaluations the engine needed for that quality.
         reached = [
-            (row["evaluation"], row["seconds"])
+            (row.evaluation, row.seconds)
             for row in self.engine_history
-            if row["total"] <= self.baseline_final_loss
+            if row.total <= self.baseline_final_loss
         ]
         return {
             "evaluator": "fp32 on the CPU, 8-bit outputs, content+style at the output size",
@@ -401,9 +402,9 @@ class Bench:
         for precision in ("bf16", "fp32"):
             row, results = self.engine_run(batch, its, precision=precision)
             history = results[0].history
-            reached = [r for r in history if r["total"] <= self.baseline_final_loss]
-            row["evaluations_to_baseline_loss"] = reached[0]["evaluation"] if reached else None
-            row["loss_at"] = {r["evaluation"]: r["total"] for r in history[9::10]}
+            reached = [r for r in history if r.total <= self.baseline_final_loss]
+            row["evaluations_to_baseline_loss"] = reached[0].evaluation if reached else None
+            row["loss_at"] = {r.evaluation: r.total for r in history[9::10]}
             row["evaluator_loss"] = evaluate(images.to_tensor(results[0].image))
             out[precision] = row
         return out
@@ -441,12 +442,12 @@ class Bench:
         execution = fitting[0].execution.on(self.device)
         pair = Pair(self.content, [self.style], params)
         warm_up = Pair(self.content, [self.style], params.model_copy(update={"iterations": 1}))
-        stylize_batch([warm_up], execution=execution)
+        stylize_pairs([warm_up], execution=execution)
         base = self.reset_peak()
-        times, (results,) = self.timed(lambda: stylize_batch([pair], execution=execution), 1)
+        times, (results,) = self.timed(lambda: stylize_pairs([pair], execution=execution), 1)
         return {
             "output": [width, height],
-            "tiling": results[0].tiling,
+            "tiling": [s.model_dump(exclude_unset=True) for s in results[0].tiling],
             "lbfgs_history_on": execution.history_on,
             "evaluations": results[0].evaluations,
             "s": times[0],
@@ -600,10 +601,10 @@ class Bench:
                 with record_function("nst::lbfgs"):
                     super().tell(losses, grad)
 
-        stylize_batch(pairs)  # warm-up: autotuning and allocations stay out of the table
+        stylize_pairs(pairs)  # warm-up: autotuning and allocations stay out of the table
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         with profile(activities=activities, record_shapes=True) as prof:
-            stylize_batch(pairs, optimizer=LabelledLBFGS, gram_of=labelled_gram)
+            stylize_pairs(pairs, optimizer=LabelledLBFGS, gram_of=labelled_gram)
         self.sync()
         averages = prof.key_averages(group_by_input_shape=True)
         device = "device" if self.cuda else "cpu"

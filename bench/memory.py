@@ -27,7 +27,7 @@ from bench.common import machine, write_section
 from nst_core.batch import demo
 from nst_core.batch.units import estimate_bytes
 from nst_core.engine.images import fit_size
-from nst_core.engine.loop import stylize_batch
+from nst_core.engine.loop import stylize_pairs
 from nst_core.engine.params import StyleParams
 from nst_core.engine.targets import Pair
 
@@ -44,21 +44,21 @@ def one(size: int, batch: int, device: str, precision: str = "fp32") -> dict:
     # Warm up at the measured shapes: cuDNN's one-off autotuning tries algorithms with
     # workspaces of up to all free memory (it skips those that do not fit), and oneDNN
     # builds and caches its primitives per shape; neither is the batch's own need.
-    stylize_batch([replace(p, params=params.model_copy(update={"iterations": 1})) for p in pairs])
+    stylize_pairs([replace(p, params=params.model_copy(update={"iterations": 1})) for p in pairs])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _restart_rss_peak()
-    result = stylize_batch(pairs)
+    result = stylize_pairs(pairs)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _status_bytes("VmHWM") - base
     width, height = fit_size(*content.size, size)
     resolved = params.model_copy(update={"precision": result[0].precision})
-    predicted = estimate_bytes(width, height, resolved, batch=batch)
+    predicted = estimate_bytes(width, height, resolved, pairs=batch)
     return {
         "size": size,
         "batch": batch,

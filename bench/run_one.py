@@ -43,8 +43,8 @@ def main() -> None:
         params = params.model_copy(update={"history_every": 1})
         result = stylize(Pair(content, [style], params))
         image = images.to_tensor(result.image)
-        trace = [(r["seconds"], r["total"]) for r in result.history if r["scale"] == size]
-        evaluations = result.history[-1]["evaluation"]
+        trace = [(r.seconds, r.total) for r in result.history if r.scale == size]
+        evaluations = result.history[-1].evaluation
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(

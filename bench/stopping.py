@@ -22,7 +22,7 @@ from bench.common import SHARED, machine, write_section
 from bench.look import LookMetric
 from nst_core.batch import demo
 from nst_core.engine import images
-from nst_core.engine.loop import stylize_batch
+from nst_core.engine.loop import stylize_pairs
 from nst_core.engine.params import StyleParams
 from nst_core.engine.targets import Pair
 
@@ -71,7 +71,7 @@ def run(rules=RULES, size: int = SIZE) -> list[dict]:
             for window, tolerance in rules
         ]
         started = time.perf_counter()
-        results = stylize_batch([Pair(content, [style], params) for params in settings])
+        results = stylize_pairs([Pair(content, [style], params) for params in settings])
         seconds = time.perf_counter() - started
         off = results[0].evaluations
         for rule, result in zip(rules, results, strict=True):

@@ -133,7 +133,7 @@ def memory_one(size: int) -> dict:
     return {
         "size": size,
         "output": [width, height],
-        "tiling": result.tiling[-1],
+        "tiling": result.tiling[-1].model_dump(exclude_unset=True),
         "budget_mb": budget / 2**20,
         "measured_mb": peak / 2**20,
         "predicted_mb": predicted / 2**20,

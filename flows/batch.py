@@ -24,7 +24,7 @@ from nst_core.batch import gallery, records, report, runner, storage, units
 from nst_core.batch.jobs import Job, build_jobs
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import Plan, load_plan
-from nst_core.batch.memory_plan import plan_memory
+from nst_core.batch.memory_fit import fit_memory
 from nst_core.batch.records import DryRun, JobEntry, Record, Summary
 from nst_core.batch.roots import Roots
 from nst_core.errors import NstError
@@ -61,7 +61,7 @@ class _Work:
     shard_lists: list[list[Job]]
 
 
-def _find_work(
+def _pending_work(
     plan: Plan,
     roots: Roots,
     settings: Settings,
@@ -81,8 +81,8 @@ def _find_work(
     }
     pending = [j for j in all_jobs if j.key not in done]
     job_device = pending[0].params.device if pending else "cpu"
-    memory = plan_memory(pending, job_device, settings.memory_budget_bytes)
-    work = units.plan_units(memory.fitting, memory.budget)
+    memory = fit_memory(pending, job_device, settings.memory_budget_bytes)
+    work = units.pack_units(memory.fitting, memory.budget)
     shard_lists = sharding.split(work, shards) if shards > 1 else []
     return _Work(
         plan=plan,
@@ -158,7 +158,7 @@ def stylize_batch(
         expect_sha256=manifest_sha256,
         limits=settings.limits,
     )
-    work = _find_work(plan, roots, settings, only_jobs, force, shards, done_after)
+    work = _pending_work(plan, roots, settings, only_jobs, force, shards, done_after)
     _log_plan(work, runner_name)
     if dry_run:
         return DryRun(
@@ -290,8 +290,8 @@ def _publish_artifacts(summary: Summary, markdown: str) -> None:
             "job": e.label,
             "status": e.status,
             "seconds": round(e.seconds, 1) if e.seconds is not None else None,
-            "style loss": (e.losses or {}).get("style"),
-            "content loss": (e.losses or {}).get("content"),
+            "style loss": e.losses.style if e.losses else None,
+            "content loss": e.losses.content if e.losses else None,
             "output": e.output if e.status != "failed" else e.error,
         }
         for e in summary.jobs

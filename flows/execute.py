@@ -71,9 +71,9 @@ def _log_outcome(logger: RunLogger, outcome: runner.Outcome) -> None:
             "completed %s in %.1f s: total %.4g, content %.4g, style %.4g",
             outcome.job.label,
             outcome.seconds,
-            final["total"],
-            final["content"],
-            final["style"],
+            final.total,
+            final.content,
+            final.style,
         )
     elif outcome.status == "failed":
         logger.error("failed %s: %s", outcome.job.label, outcome.error)

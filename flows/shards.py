@@ -148,7 +148,5 @@ def entries_after(
 
 def _seconds(record: Record) -> float | None:
     """Read plus optimise time, as the thread path reports it."""
-    timings = record.timings or {}
-    if "optimize_s" not in timings:
-        return None
-    return float(timings["optimize_s"]) + float(timings.get("read_s", 0.0))
+    timings = record.timings
+    return timings.optimize_s + timings.read_s if timings else None

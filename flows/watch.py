@@ -38,7 +38,7 @@ from prefect.states import Cancelled
 from flows.execute import RunLogger
 from flows.shards import ADHOC
 from nst_core.batch import inbox as drop_box
-from nst_core.batch.claims import CLOCK_SKEW
+from nst_core.batch.job_claims import CLOCK_SKEW
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import ManifestError, load_plan
 from nst_core.batch.roots import Roots
@@ -72,7 +72,7 @@ def watch_inbox(
     me = str(flow_run.id)
     for manifest in drop_box.list_manifests(inbox):
         try:
-            claim_id = drop_box.claim(manifest, me)
+            claim_id = drop_box.claim_manifest(manifest, me)
             if claim_id is None:  # another watcher has it, or its batch is running
                 logger.info("%s: left alone: %s", manifest, _held_by(held.get(manifest)))
                 continue
@@ -120,7 +120,7 @@ def _start(
     return "started"
 
 
-def _held_by(claim: drop_box.Claim | None) -> str:
+def _held_by(claim: drop_box.InboxClaim | None) -> str:
     """Why a manifest is not this tick's to start, from its claim as this tick found it."""
     if claim is None:
         return "claimed by another watcher during this tick"
@@ -130,12 +130,12 @@ def _held_by(claim: drop_box.Claim | None) -> str:
     return f"{since}; its batch is being started"
 
 
-def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, drop_box.Claim]]:
+def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, drop_box.InboxClaim]]:
     """File the manifests whose batches ended; release claims that can never lead to a
     batch. Returns what was filed, and the claims still held, by manifest."""
     settled: list[str] = []
-    held: dict[str, drop_box.Claim] = {}
-    claims, foreign = drop_box.list_claims(inbox_uri)
+    held: dict[str, drop_box.InboxClaim] = {}
+    claims, foreign = drop_box.list_inbox_claims(inbox_uri)
     for line in foreign:
         logger.warning("%s", line)
     now = datetime.now(UTC)
@@ -154,14 +154,14 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
                             claim.claimed_at.isoformat(),
                             CLOCK_SKEW,
                         )
-                        drop_box.release(claim.manifest)
+                        drop_box.release_manifest(claim.manifest)
                     elif now - claim.claimed_at > STALE_CLAIM:
                         logger.warning(
                             "%s: claimed at %s and never started (its watcher died?); released",
                             claim.uri,
                             claim.claimed_at.isoformat(),
                         )
-                        drop_box.release(claim.manifest)
+                        drop_box.release_manifest(claim.manifest)
                     else:
                         held[claim.manifest] = claim
                     continue
@@ -181,7 +181,7 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
     return settled, held
 
 
-def _run_details(claim: drop_box.Claim, run: FlowRun) -> dict[str, str | None]:
+def _run_details(claim: drop_box.InboxClaim, run: FlowRun) -> dict[str, str | None]:
     """What the filed manifest's JSON says of its run (one that has ended, so has a state)."""
     assert run.state is not None
     details: dict[str, str | None] = {

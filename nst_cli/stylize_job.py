@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nst_core.batch import jobs, runner
 from nst_core.engine.execution import Execution
 from nst_core.engine.params import StyleParams
+from nst_core.engine.trace import LossValues
 from nst_core.errors import ImageError
 from nst_core.settings import Settings
 
@@ -88,9 +89,9 @@ def one_job(
 def fit_memory(job: jobs.Job, settings: Settings) -> jobs.Job:
     """The job as the memory budget lets it run (in tiles when it does not fit whole), as
     a batch would plan it; ImageError before any work when it fits not even in tiles."""
-    from nst_core.batch.memory_plan import plan_memory
+    from nst_core.batch.memory_fit import fit_memory
 
-    planned = plan_memory([job], job.params.device, settings.memory_budget_bytes)
+    planned = fit_memory([job], job.params.device, settings.memory_budget_bytes)
     if planned.unfit:
         ((_, need),) = planned.unfit
         raise ImageError(f"{job.content}: {planned.reason(job, need)}")
@@ -105,10 +106,12 @@ def stylize_file(job: jobs.Job, settings: Settings) -> str:
     with _progress_bar(console) as bar:
         task = bar.add_task("stylise", total=None, losses="")
 
-        def progress(done: int, total: int, losses: list[dict[str, float]]) -> None:
+        def progress(done: int, total: int, losses: list[LossValues | None]) -> None:
             row = losses[0]
             text = (
-                f"total {row['total']:.4g}  content {row['content']:.4g}  style {row['style']:.4g}"
+                f"total {row.total:.4g}  content {row.content:.4g}  style {row.style:.4g}"
+                if row
+                else ""
             )
             bar.update(task, completed=done, total=total, losses=text)
 
@@ -128,6 +131,6 @@ def stylize_file(job: jobs.Job, settings: Settings) -> str:
     w, h = record.output_size
     return (
         f"wrote {job.output} ({w}x{h}) in {time.perf_counter() - started:.1f} s on "
-        f"{record.device} ({record.precision}); style loss {final['style']:.4g}, content "
-        f"loss {final['content']:.4g}; record {job.record}"
+        f"{record.device} ({record.precision}); style loss {final.style:.4g}, content "
+        f"loss {final.content:.4g}; record {job.record}"
     )

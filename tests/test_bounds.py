@@ -168,13 +168,13 @@ def test_a_job_that_cannot_fit_fails_alone_before_any_optimisation(
 
     monkeypatch.delenv("NST_MEMORY_BUDGET_GB", raising=False)  # 4 GB on the CPU
     optimised: list[str] = []
-    real = runner.stylize_batch
+    real = runner.stylize_pairs
 
     def counted(pairs, **kwargs):
         optimised.extend(pair.content_name for pair in pairs)
         return real(pairs, **kwargs)
 
-    monkeypatch.setattr(runner, "stylize_batch", counted)
+    monkeypatch.setattr(runner, "stylize_pairs", counted)
     doc = yaml.safe_load(TINY_MANIFEST)
     doc["pairs"] = [
         {

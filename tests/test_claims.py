@@ -1,4 +1,4 @@
-"""One computation per job, even from two runs: job claims with leases (nst_core/claims.py)."""
+"""One computation per job, even from two runs: job claims with leases (batch/job_claims.py)."""
 
 import json
 import os
@@ -19,7 +19,7 @@ from imagegen import (
     write_batch,
 )
 
-from nst_core.batch import claims, jobs, runner, storage
+from nst_core.batch import job_claims, jobs, runner, storage
 from nst_core.engine.params import StyleParams
 
 PARAMS = StyleParams(size=40, iterations=3, device="cpu", precision="fp32")
@@ -48,14 +48,14 @@ def engine_calls(monkeypatch) -> list[str]:
     """The output of every pair the engine optimises, from any thread; each call is slowed
     so that two runs started together overlap."""
     calls: list[str] = []
-    real = runner.stylize_batch
+    real = runner.stylize_pairs
 
     def counted(pairs, **kwargs):
         calls.extend(pair.content_name for pair in pairs)
         threading.Event().wait(0.5)
         return real(pairs, **kwargs)
 
-    monkeypatch.setattr(runner, "stylize_batch", counted)
+    monkeypatch.setattr(runner, "stylize_pairs", counted)
     return calls
 
 
@@ -69,7 +69,7 @@ def plant(job: jobs.Job, generation: int, expires_in_s: float, host: str = "othe
         "claimed_at": now.isoformat(),
         "expires_at": (now + timedelta(seconds=expires_in_s)).isoformat(),
     }
-    uri = claims.claim_uri(job, generation)
+    uri = job_claims.job_claim_uri(job, generation)
     storage.write_bytes(uri, json.dumps(body).encode())
     return uri
 
@@ -92,7 +92,7 @@ def test_two_runs_of_one_unit_at_once_compute_each_job_once(unit, engine_calls):
         statuses = sorted(result[index].status for result in results)
         assert statuses in (["completed", "elsewhere"], ["completed", "skipped"]), statuses
         assert is_done(job)
-    assert storage.list_prefix(claims.claims_folder(unit[0])) == []  # removed once recorded
+    assert storage.list_prefix(job_claims.job_claims_folder(unit[0])) == []  # removed once recorded
 
 
 def test_a_live_claim_leaves_the_job_to_its_holder_even_with_force(unit, engine_calls):
@@ -108,7 +108,7 @@ def test_an_expired_claim_is_taken_over_and_removed(unit, engine_calls):
     outcomes = runner.run_unit(unit[:1], "cpu")
     assert [o.status for o in outcomes] == ["completed"] and is_done(unit[0])
     assert not any(storage.exists(uri) for uri in stale)
-    assert storage.list_prefix(claims.claims_folder(unit[0])) == []
+    assert storage.list_prefix(job_claims.job_claims_folder(unit[0])) == []
 
 
 def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(unit, engine_calls, spawn):
@@ -118,7 +118,7 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(unit, engi
         capture_output=True,
         check=True,
     )
-    uri = plant(unit[0], 1, expires_in_s=600, host=claims._HOST)
+    uri = plant(unit[0], 1, expires_in_s=600, host=job_claims._HOST)
     body = json.loads(storage.read_bytes(uri)) | {"pid": int(dead.stdout)}
     storage.write_bytes(uri, json.dumps(body).encode())
     assert [o.status for o in runner.run_unit(unit[:1], "cpu")] == ["completed"]

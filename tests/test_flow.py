@@ -241,7 +241,7 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
 
     two_jobs = 2 * units.estimate_bytes(40, 30, StyleParams(size=40))
     monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str((two_jobs + 1) / 1024**3))
-    real, batch_sizes = runner.stylize_batch, []
+    real, batch_sizes = runner.stylize_pairs, []
 
     def one_pair_fits(pairs, **kwargs):
         batch_sizes.append(len(pairs))
@@ -249,7 +249,7 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory (injected)")
         return real(pairs, **kwargs)
 
-    monkeypatch.setattr(runner, "stylize_batch", one_pair_fits)
+    monkeypatch.setattr(runner, "stylize_pairs", one_pair_fits)
     summary = stylize_batch(make_batch(str(tmp_path)))
     assert summary.totals.completed == 4 and summary.totals.failed == 0
     assert sorted(batch_sizes) == [1, 1, 1, 1, 2, 2]  # two units of 2, each split once
@@ -265,7 +265,7 @@ def test_units_still_running_at_the_batch_timeout_are_reported_failed(
         time.sleep(4)
         raise RuntimeError("should have been given up on")
 
-    monkeypatch.setattr(runner, "stylize_batch", stuck)
+    monkeypatch.setattr(runner, "stylize_pairs", stuck)
     monkeypatch.setenv("NST_BATCH_TIMEOUT_S", "1")
     state = stylize_batch(make_batch(str(tmp_path)), return_state=True)
     assert state.is_failed()

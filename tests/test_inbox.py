@@ -26,7 +26,8 @@ def test_each_manifest_is_claimed_exactly_once_under_a_race(storage_root):
 
     def watcher(name: str) -> list[str]:
         barrier.wait()  # every watcher starts claiming at the same moment
-        return [uri for uri in inbox.list_manifests(storage_root) if inbox.claim(uri, name)]
+        found = inbox.list_manifests(storage_root)
+        return [uri for uri in found if inbox.claim_manifest(uri, name)]
 
     with ThreadPoolExecutor(6) as pool:
         won = list(pool.map(watcher, [f"w{i}" for i in range(6)]))

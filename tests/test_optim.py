@@ -1,18 +1,18 @@
 import torch
 
-from nst_core.engine.optim import BatchedLBFGS
+from nst_core.engine.optim import PerPairLBFGS
 
 
 def rosenbrock(x: torch.Tensor) -> torch.Tensor:
     return (100 * (x[:, 1:] - x[:, :-1] ** 2) ** 2 + (1 - x[:, :-1]) ** 2).sum(dim=1)
 
 
-def minimise(x0: torch.Tensor, evaluations: int, **options) -> BatchedLBFGS:
-    opt = BatchedLBFGS(x0, **options)
+def minimise(x0: torch.Tensor, evaluations: int, **options) -> PerPairLBFGS:
+    opt = PerPairLBFGS(x0, **options)
     return go_on(opt, evaluations)
 
 
-def go_on(opt: BatchedLBFGS, evaluations: int) -> BatchedLBFGS:
+def go_on(opt: PerPairLBFGS, evaluations: int) -> PerPairLBFGS:
     for _ in range(evaluations):
         x = opt.ask().clone().requires_grad_(True)
         f = rosenbrock(x)
@@ -60,7 +60,7 @@ def test_non_finite_losses_shrink_the_step_instead_of_diverging():
         safe = torch.where(x > 0, x, torch.ones_like(x))
         return torch.where(x > 0, safe - torch.log(safe), torch.full_like(x, float("inf"))).sum(1)
 
-    opt = BatchedLBFGS(torch.full((2, 3), 5.0, dtype=torch.float64))
+    opt = PerPairLBFGS(torch.full((2, 3), 5.0, dtype=torch.float64))
     for _ in range(60):
         x = opt.ask().clone().requires_grad_(True)
         f = barrier(x)

@@ -23,7 +23,7 @@ from imagegen import (
 )
 
 from nst_core.batch import jobs, runner, storage
-from nst_core.batch.claims import claim_uri
+from nst_core.batch.job_claims import job_claim_uri
 from nst_core.batch.manifest import load_plan
 from nst_core.batch.roots import Roots
 from nst_core.engine.params import StyleParams
@@ -128,7 +128,7 @@ def test_two_jobs_that_met_in_eight_digit_names_keep_both_outputs(tmp_path):
 
 
 def _planted_claim(job: jobs.Job, **body) -> None:
-    storage.write_bytes(claim_uri(job, 1), json.dumps({"key": job.key, **body}).encode())
+    storage.write_bytes(job_claim_uri(job, 1), json.dumps({"key": job.key, **body}).encode())
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -151,7 +151,7 @@ def test_a_claim_leased_past_any_real_lease_is_taken_over_and_said(tmp_path, for
     (outcome,) = runner.run_unit([job], "cpu", options=options)
     assert outcome.status == "completed" and Path(job.output).exists()
     (line,) = said
-    assert "gpu-box-7" in line and "taken over" in line and claim_uri(job, 1) in line
+    assert "gpu-box-7" in line and "taken over" in line and job_claim_uri(job, 1) in line
 
 
 def test_a_live_claim_within_the_longest_lease_still_holds(tmp_path):
@@ -192,7 +192,7 @@ def test_an_inbox_claim_dated_in_the_future_is_released_and_its_manifest_starts(
     )
     future = (datetime.now(UTC) + timedelta(days=365)).isoformat()
     planted = {"manifest": manifest, "owner": "nobody", "claimed_at": future}
-    storage.write_bytes(inbox.claim_uri(manifest), json.dumps(planted).encode())
+    storage.write_bytes(inbox.inbox_claim_uri(manifest), json.dumps(planted).encode())
     fake_deployment.outcome["state"] = fake_deployment.Running  # its batch goes on
 
     with caplog.at_level("INFO"):
@@ -290,7 +290,7 @@ def test_nothing_in_the_planner_or_runner_rewrites_a_users_params():
     root = Path(__file__).resolve().parent.parent
     planner_and_runner = [
         root / "nst_core" / "batch" / name
-        for name in ("jobs.py", "units.py", "memory_plan.py", "runner.py", "unit_inputs.py")
+        for name in ("jobs.py", "units.py", "memory_fit.py", "runner.py", "unit_inputs.py")
     ] + [root / "flows" / name for name in os.listdir(root / "flows") if name.endswith(".py")]
     for path in planner_and_runner:
         assert "model_copy" not in path.read_text(), path

@@ -9,8 +9,9 @@ import pytest
 from imagegen import completed_record, is_done, job_for
 
 from nst_core.batch import jobs, records
-from nst_core.batch.records import JobEntry, Record, Summary
+from nst_core.batch.records import JobEntry, Record, Summary, Timings
 from nst_core.engine.params import StyleParams
+from nst_core.engine.trace import HistoryRow, LossValues
 
 DATA = Path(__file__).parent / "data"
 
@@ -28,10 +29,10 @@ def test_records_written_before_the_typed_models_read_and_write_back_unchanged(n
 
 def test_the_old_completed_record_gives_its_losses_and_inputs():
     record = records.read_record(str(DATA / "record-completed-v0.json"))
-    assert record.losses.final["total"] == pytest.approx(2320773.75)
+    assert record.losses.final.total == pytest.approx(2320773.75)
     assert record.inputs.styles[0].weight == 1.0
-    assert record.losses.history[0]["evaluation"] == 10  # ints stay ints
-    assert isinstance(record.losses.history[0]["evaluation"], int)
+    assert record.losses.history[0].evaluation == 10  # ints stay ints
+    assert isinstance(record.losses.history[0].evaluation, int)
 
 
 def job(tmp_path) -> jobs.Job:
@@ -65,7 +66,9 @@ def test_done_means_a_completed_record_with_the_same_key(tmp_path):
 def test_a_summary_leaves_histories_and_its_run_folder_out_of_its_json(tmp_path):
     one = job(tmp_path)
     entry = JobEntry.of(one, "failed", error="bad pixels")
-    entry.history = [{"evaluation": 1, "total": 2.0}]
+    entry.history = [
+        HistoryRow(evaluation=1, scale=32, seconds=0.1, total=2.0, content=1.0, style=1.0, tv=0.0)
+    ]
     summary = Summary.of("run-1", "m.yaml", [entry, JobEntry.of(one, "skipped")], 3.0)
     summary.run_folder = "out/_runs/run-1"
     written = json.loads(Summary.of("run-1", "m.yaml", [entry], 3.0).to_json())
@@ -81,10 +84,12 @@ def test_a_record_keeps_strength_and_style_weight_and_says_which_won(tmp_path):
     from nst_core.engine.loop import Result
 
     one = job(tmp_path)
-    result = Result(Image.new("RGB", (4, 3)), [], {"total": 1.0}, 0.1, 40, [], 1, "cpu", "fp32")
+    final = LossValues(total=1.0, content=0.5, style=0.5, tv=0.0)
+    result = Result(Image.new("RGB", (4, 3)), [], final, 0.1, 40, [], 1, "cpu", "fp32")
+    timings = Timings(read_s=0.0, optimize_s=0.1, write_s=0.0)
 
     def made_with(params: StyleParams) -> dict:
-        record = Record.completed(replace(one, params=params), result=result, timings={})
+        record = Record.completed(replace(one, params=params), result=result, timings=timings)
         return json.loads(record.to_json())
 
     expert = made_with(StyleParams(strength=0.3, style_weight=80))

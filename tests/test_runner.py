@@ -47,7 +47,7 @@ def test_a_job_the_engine_rejects_fails_alone(tmp_path):
 
 def test_out_of_memory_splits_the_unit_until_it_fits(tmp_path, monkeypatch):
     unit = make_jobs(tmp_path, {f"{i}.png": png_bytes(scene(seed=i)) for i in range(4)})
-    real = runner.stylize_batch
+    real = runner.stylize_pairs
     sizes = []
 
     def small_device(pairs, **kwargs):
@@ -56,7 +56,7 @@ def test_out_of_memory_splits_the_unit_until_it_fits(tmp_path, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(pairs, **kwargs)
 
-    monkeypatch.setattr(runner, "stylize_batch", small_device)
+    monkeypatch.setattr(runner, "stylize_pairs", small_device)
     outcomes = runner.run_unit(unit, "cpu")
     assert [o.status for o in outcomes] == ["completed"] * 4
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
@@ -69,7 +69,7 @@ def test_out_of_memory_for_a_single_job_fails_it_with_the_reason(tmp_path, monke
     def no_memory(pairs, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(runner, "stylize_batch", no_memory)
+    monkeypatch.setattr(runner, "stylize_pairs", no_memory)
     (outcome,) = runner.run_unit(unit, "cpu")
     assert outcome.status == "failed" and "out of memory" in outcome.error
 

@@ -8,7 +8,7 @@ from imagegen import completed_record
 
 from flows import shards
 from nst_core.batch import jobs, records, units
-from nst_core.batch.records import Record
+from nst_core.batch.records import Record, Timings
 from nst_core.engine.params import StyleParams
 
 
@@ -27,7 +27,7 @@ def job(index: int, size: int = 64) -> jobs.Job:
 @pytest.mark.parametrize("count,wanted", [(1, 2), (4, 2), (7, 3), (10, 4)])
 def test_shards_are_disjoint_complete_and_balanced(count, wanted):
     pending = [job(i) for i in range(count)]
-    work = units.plan_units(pending, budget_bytes=10**12)
+    work = units.pack_units(pending, budget_bytes=10**12)
     lists = shards.split(work, wanted)
     assert len(lists) == min(count, wanted)
     keys = [j.key for shard in lists for j in shard]
@@ -38,7 +38,7 @@ def test_shards_are_disjoint_complete_and_balanced(count, wanted):
 
 def test_shards_balance_pixels_not_job_counts():
     big, small = [job(i, size=128) for i in range(2)], [job(10 + i, size=32) for i in range(8)]
-    work = units.plan_units(big + small, budget_bytes=10**12)
+    work = units.pack_units(big + small, budget_bytes=10**12)
     lists = shards.split(work, 2)
     pixels = [sum(shards._pixels(j) for j in shard) for shard in lists]
     # One 128 px job outweighs all eight 32 px ones (16384 vs 8 x 1024 px).
@@ -70,7 +70,8 @@ def test_entries_come_from_the_records_a_shard_left(tmp_path):
     done, failed, missing, stale = at
     old = Record.failed(stale, "an earlier run's error")
     (tmp_path / stale.record).write_bytes(old.to_json())
-    finished = completed_at(done, datetime.now(UTC), timings={"optimize_s": 2.0})
+    timings = Timings(read_s=0.0, optimize_s=2.0, write_s=0.1)
+    finished = completed_at(done, datetime.now(UTC), timings=timings)
     (tmp_path / done.record).write_bytes(finished.to_json())
     (tmp_path / failed.record).write_bytes(Record.failed(failed, "bad pixels").to_json())
     entries = shards.entries_after(

@@ -3,7 +3,7 @@ import torch
 from imagegen import scene, stripes
 
 from nst_core.engine import images, losses, targets
-from nst_core.engine.loop import network_for, stylize, stylize_batch
+from nst_core.engine.loop import network_for, stylize, stylize_pairs
 from nst_core.engine.objective import clamp_straight_through
 from nst_core.engine.params import StyleParams
 from nst_core.engine.steppers import LBFGSSteps
@@ -20,17 +20,17 @@ def params(**overrides) -> StyleParams:
 def test_style_loss_falls_by_90_percent_at_64px(content_image, style_image):
     result = stylize(Pair(content_image, [style_image], params(iterations=60, history_every=1)))
     start = result.history[0]
-    assert start["evaluation"] == 1
-    assert result.final["style"] <= 0.1 * start["style"]
+    assert start.evaluation == 1
+    assert result.final.style <= 0.1 * start.style
     assert result.image.size == (64, 48)
     # the content term was allowed to grow, but not to dominate
-    assert result.final["total"] < start["total"]
+    assert result.final.total < start.total
 
 
 def test_history_is_recorded_every_n_evaluations(content_image, style_image):
     result = stylize(Pair(content_image, [style_image], params(iterations=25, history_every=10)))
-    assert [row["evaluation"] for row in result.history] == [10, 20, 25]
-    assert set(result.history[0]) == {
+    assert [row.evaluation for row in result.history] == [10, 20, 25]
+    assert set(result.history[0].model_dump()) == {
         "evaluation",
         "scale",
         "seconds",
@@ -91,14 +91,14 @@ def test_the_engine_couples_no_pair_to_its_batch(one_thread):
     """With batch-invariant arithmetic, a pair's output is identical alone or batched."""
     pairs = mixed_pairs(iterations=15)
     network = PerSampleNetwork(network_for(pairs[0].params, "cpu"))
-    batched = stylize_batch(pairs, network=network)
+    batched = stylize_pairs(pairs, network=network)
     for pair, together in zip(pairs, batched, strict=True):
         alone = stylize(pair, network=network)
         assert images.encode_image(alone.image, "a.png") == images.encode_image(
             together.image, "b.png"
         )
         assert alone.history == [
-            {**row, "seconds": alone_row["seconds"]}
+            row.model_copy(update={"seconds": alone_row.seconds})
             for row, alone_row in zip(together.history, alone.history, strict=True)
         ]
 
@@ -106,11 +106,11 @@ def test_the_engine_couples_no_pair_to_its_batch(one_thread):
 def test_batched_network_gives_the_same_quality_as_one_by_one():
     """Batched convolutions round differently; the optimisation lands close, not bit-equal."""
     pairs = mixed_pairs(iterations=40)
-    for pair, together in zip(pairs, stylize_batch(pairs), strict=True):
+    for pair, together in zip(pairs, stylize_pairs(pairs), strict=True):
         alone = stylize(pair)
         difference = images.to_tensor(alone.image) - images.to_tensor(together.image)
         assert difference.abs().mean().item() < 0.05
-        assert together.final["total"] == pytest.approx(alone.final["total"], rel=0.15)
+        assert together.final.total == pytest.approx(alone.final.total, rel=0.15)
 
 
 def test_adam_reduces_the_loss(content_image, style_image):
@@ -121,13 +121,13 @@ def test_adam_reduces_the_loss(content_image, style_image):
             params(optimizer="adam", iterations=60, history_every=1, learning_rate=0.03),
         )
     )
-    assert result.final["total"] < 0.5 * result.history[0]["total"]
+    assert result.final.total < 0.5 * result.history[0].total
 
 
 def test_coarse_to_fine_runs_each_scale_and_ends_at_size(content_image, style_image):
     result = stylize(Pair(content_image, [style_image], params(scales=(32, 64), iterations=10)))
-    assert sorted({row["scale"] for row in result.history}) == [32, 64]
-    assert result.history[-1]["evaluation"] == 20
+    assert sorted({row.scale for row in result.history}) == [32, 64]
+    assert result.history[-1].evaluation == 20
     assert result.image.size == (64, 48)
 
 
@@ -146,7 +146,7 @@ def test_preserve_color_keeps_the_content_colours(content_image, style_image):
 @pytest.mark.parametrize("init", ["content", "noise", "style"])
 def test_every_init_reduces_the_loss(init, content_image, style_image):
     result = stylize(Pair(content_image, [style_image], params(init=init, history_every=1)))
-    assert result.final["total"] < result.history[0]["total"]
+    assert result.final.total < result.history[0].total
 
 
 def test_style_targets_are_computed_once_per_style_image():
@@ -164,7 +164,7 @@ def test_style_targets_are_computed_once_per_style_image():
 
     cache.get = counting_get
     pairs = [Pair(scene(seed=s), [style], params(iterations=2)) for s in range(3)]
-    stylize_batch(pairs, cache=cache)
+    stylize_pairs(pairs, cache=cache)
     stylize(Pair(scene(seed=5), [style], params(iterations=2)), cache=cache)
     assert len(calls) == 1
 
@@ -174,7 +174,7 @@ def test_style_scale_changes_the_style_targets(content_image, style_image):
         Pair(content_image, [style_image], params(style_scale=0.5, iterations=1, history_every=1))
     )
     full = stylize(Pair(content_image, [style_image], params(iterations=1, history_every=1)))
-    assert small.history[0]["style"] != full.history[0]["style"]
+    assert small.history[0].style != full.history[0].style
 
 
 def test_image_too_small_for_the_deepest_layer_names_it():
@@ -186,13 +186,13 @@ def test_image_too_small_for_the_deepest_layer_names_it():
 def test_pairs_with_different_schedules_cannot_share_a_batch():
     pairs = [Pair(scene(), [stripes()], params()), Pair(scene(), [stripes()], params(iterations=5))]
     with pytest.raises(ParamsError, match="must share"):
-        stylize_batch(pairs)
+        stylize_pairs(pairs)
 
 
 def test_bf16_runs_and_keeps_losses_fp32(content_image, style_image):
     result = stylize(Pair(content_image, [style_image], params(precision="bf16", iterations=10)))
     assert result.precision == "bf16"
-    assert result.final["style"] > 0
+    assert result.final.style > 0
 
 
 def test_gram_cache_keeps_the_most_recently_used_entries():
@@ -269,7 +269,7 @@ def test_the_network_optimiser_and_gram_are_parts_a_caller_passes(content_image,
     assert calls["optimizer"] == 1
     assert calls["network"] == 1 + 1 + 4  # the content, the style, then each evaluation
     assert calls["gram"] == len(settings.style_layers) * (1 + 4)
-    assert [row["evaluation"] for row in result.history] == [4]
+    assert [row.evaluation for row in result.history] == [4]
 
 
 class CountingNetwork(PerSampleNetwork):
@@ -306,13 +306,13 @@ def test_pairs_that_stop_leave_the_batch_and_the_rest_go_on_unchanged(optimizer,
         for pair, (tolerance, window) in zip(mixed_pairs(iterations), rules, strict=True)
     ]
     network = CountingNetwork(network_for(pairs[0].params, "cpu"))
-    batched = stylize_batch(pairs, network=network)
+    batched = stylize_pairs(pairs, network=network)
 
     evaluations = [result.evaluations for result in batched]
     assert evaluations[1] == iterations
     assert min(evaluations[0], evaluations[2]) < iterations
     for result in batched:
-        assert result.history[-1]["evaluation"] == result.evaluations
+        assert result.history[-1].evaluation == result.evaluations
     # The batch shrank as pairs stopped: at evaluation k it held the pairs not yet stopped.
     optimising = network.batches[-max(evaluations) :]
     assert optimising == [sum(n >= k for n in evaluations) for k in range(1, max(evaluations) + 1)]
@@ -330,9 +330,9 @@ def test_a_pair_stopped_at_a_coarse_scale_goes_on_at_the_next(content_image, sty
     result = stylize(Pair(content_image, [style_image], loose))
     by_scale = {}
     for row in result.history:
-        by_scale.setdefault(row["scale"], []).append(row["evaluation"])
+        by_scale.setdefault(row.scale, []).append(row.evaluation)
     assert sorted(by_scale) == [32, 64]
     at_32 = by_scale[32][-1]
     assert at_32 < 40  # stopped early at 32 px ...
     assert by_scale[64][0] > at_32  # ... and counted on at 64 px
-    assert result.evaluations == result.history[-1]["evaluation"] < 80
+    assert result.evaluations == result.history[-1].evaluation < 80

@@ -172,8 +172,8 @@ def _figure(index: int, job: GalleryJob, common: dict, content: Thumb | None) ->
 
 
 def _losses_line(entry: JobEntry, seconds: float | None) -> str:
-    losses = entry.losses or {}
-    parts = [f"{name} {losses[name]:.3g}" for name in ("style", "content") if name in losses]
+    losses = entry.losses
+    parts = [f"style {losses.style:.3g}", f"content {losses.content:.3g}"] if losses else []
     if seconds is not None:
         parts.append(f"{seconds:.1f} s")
     return _text(" · ".join(parts))
@@ -184,10 +184,10 @@ def _seconds(job: GalleryJob) -> float | None:
     and optimise time its record kept."""
     if job.entry.seconds is not None:
         return job.entry.seconds
-    timings = (job.record.timings or {}) if job.record is not None else {}
-    if job.entry.status != "skipped" or "optimize_s" not in timings:
+    timings = job.record.timings if job.record is not None else None
+    if job.entry.status != "skipped" or timings is None:
         return None
-    return timings["optimize_s"] + timings.get("read_s", 0.0)
+    return timings.optimize_s + timings.read_s
 
 
 def _one_line(error: str | None) -> str:
@@ -223,12 +223,12 @@ def _job_data(job: GalleryJob) -> dict:
         "error": entry.error,
         "output": output_href(entry.output) if has_output else None,
         "record": output_href(entry.record) if record is not None else None,
-        "losses": entry.losses or {},
+        "losses": entry.losses.model_dump() if entry.losses else {},
         "seconds": _seconds(job),
         "params": record.params if record is not None else {},
     }
     if record is not None:
-        history = record.losses.history if record.losses else []
+        history = [row.model_dump() for row in record.losses.history] if record.losses else []
         names = [k for k in (history[0] if history else {}) if k not in _HISTORY_META]
         data["history"] = {
             name: [_round(row.get(name)) for row in history] for name in ["evaluation", *names]

@@ -32,7 +32,7 @@ CLAIMS, DONE, FAILED = ".claims", "done", "failed"
 MAX_CLAIM_BYTES = 64 * 1024  # a claim is a few hundred bytes; anything bigger is not ours
 
 
-class Claim(BaseModel):
+class InboxClaim(BaseModel):
     """A claim's JSON body, as the watcher writes it."""
 
     model_config = ConfigDict(extra="ignore")
@@ -77,21 +77,21 @@ def list_manifests(inbox: str) -> list[str]:
     return sorted(found)
 
 
-def claim_uri(manifest: str) -> str:
+def inbox_claim_uri(manifest: str) -> str:
     return f"{storage.parent(manifest)}/{CLAIMS}/{storage.name(manifest)}.json"
 
 
-def claim(manifest: str, owner: str) -> str | None:
+def claim_manifest(manifest: str, owner: str) -> str | None:
     """Atomically claim `manifest` for `owner`: the claim's id, or None when another
     watcher holds it. The id names the manifest's filing, so two manifests filed in one
     second never collide."""
     claim_id = secrets.token_hex(4)
     body = {"manifest": manifest, "owner": owner, "claimed_at": now(), "claim_id": claim_id}
-    won = storage.write_if_absent(claim_uri(manifest), json.dumps(body).encode())
+    won = storage.write_if_absent(inbox_claim_uri(manifest), json.dumps(body).encode())
     return claim_id if won else None
 
 
-def list_claims(inbox: str) -> tuple[list[Claim], list[str]]:
+def list_inbox_claims(inbox: str) -> tuple[list[InboxClaim], list[str]]:
     """The inbox's claims, and one line for each object under .claims/ that is not one."""
     claims, foreign = [], []
     for uri in storage.list_prefix(f"{inbox.rstrip('/')}/{CLAIMS}"):
@@ -106,17 +106,17 @@ def list_claims(inbox: str) -> tuple[list[Claim], list[str]]:
     return claims, foreign
 
 
-def _read_claim(uri: str) -> Claim | str:
+def _read_claim(uri: str) -> InboxClaim | str:
     """The claim at `uri`, or why it is not one of ours."""
     if storage.parent(uri).rpartition("/")[2] != CLAIMS or not uri.endswith(".json"):
         return "not a claim (claims are .claims/NAME.json)"
     if storage.size(uri) > MAX_CLAIM_BYTES:
         return f"larger than a claim ({MAX_CLAIM_BYTES:,} bytes at most)"
     try:
-        found = Claim.model_validate_json(storage.read_bytes(uri))
+        found = InboxClaim.model_validate_json(storage.read_bytes(uri))
     except ValidationError as exc:
         return f"not a claim ({exc.error_count()} problems, e.g. {exc.errors()[0]['msg']})"
-    if claim_uri(found.manifest) != uri:
+    if inbox_claim_uri(found.manifest) != uri:
         # A claim names its manifest; one naming another file (another bucket, say) would
         # make the watcher move or delete that file when it settles.
         return "a claim for a manifest that is not this inbox's own"
@@ -125,7 +125,7 @@ def _read_claim(uri: str) -> Claim | str:
 
 def record_run(manifest: str, flow_run_id: str, flow_run_name: str, output: str) -> None:
     """Note on the claim which flow run processes the manifest, and where it writes."""
-    uri = claim_uri(manifest)
+    uri = inbox_claim_uri(manifest)
     body = json.loads(storage.read_bytes(uri))
     body.update(
         flow_run_id=flow_run_id, flow_run_name=flow_run_name, started_at=now(), output=output
@@ -133,8 +133,8 @@ def record_run(manifest: str, flow_run_id: str, flow_run_name: str, output: str)
     storage.write_bytes(uri, json.dumps(body).encode())
 
 
-def release(manifest: str) -> None:
-    storage.delete(claim_uri(manifest))
+def release_manifest(manifest: str) -> None:
+    storage.delete(inbox_claim_uri(manifest))
 
 
 def file_away(manifest: str, outcome: str, details: dict, claim_id: str = "") -> str:
@@ -158,5 +158,5 @@ def file_away(manifest: str, outcome: str, details: dict, claim_id: str = "") ->
         claim_id = secrets.token_hex(4)  # taken (a forged claim id?): another name
     if storage.exists(manifest):
         storage.move(manifest, target)
-    release(manifest)
+    release_manifest(manifest)
     return target

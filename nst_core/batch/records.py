@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nst_core.batch import storage
 from nst_core.batch.jobs import ENGINE_VERSION, Job
+from nst_core.engine.trace import HistoryRow, LossValues, ScaleRun
 
 if TYPE_CHECKING:  # torch stays unimported for validate and plan
     from nst_core.engine.loop import Result
@@ -62,8 +63,20 @@ class Inputs(_Document):
 
 
 class Losses(_Document):
-    final: dict[str, float]
-    history: list[dict[str, Any]]  # evaluation, scale, seconds and each loss, per record
+    final: LossValues  # of the image written
+    history: list[HistoryRow]
+
+
+class Timings(_Document):
+    """Wall seconds: reading the inputs, this job's share of its unit's optimisation, and
+    writing the image."""
+
+    read_s: float
+    optimize_s: float
+    write_s: float
+
+    def rounded(self) -> Timings:
+        return Timings(**{name: round(value, 3) for name, value in self.model_dump().items()})
 
 
 class Record(_Document):
@@ -83,12 +96,12 @@ class Record(_Document):
     weights: str | None = None
     batch_size: int | None = None
     evaluations: int | None = None  # loss evaluations run, over every scale
-    tiling: list[dict[str, Any]] | None = None  # per scale; tile, halo and tiles when tiled
+    tiling: list[ScaleRun] | None = None  # given when some scale ran in tiles
     # The planner's decisions (device, tile, history_on, unit): how it ran, apart from the
     # user's `params`, which are recorded as given.
     execution: dict[str, Any] | None = None
     losses: Losses | None = None
-    timings: dict[str, float] | None = None
+    timings: Timings | None = None
     versions: dict[str, str] | None = None
     notes: list[str] | None = None  # how the settings were read, e.g. style_weight over strength
 
@@ -108,7 +121,7 @@ class Record(_Document):
 
     @classmethod
     def completed(
-        cls, job: Job, *, result: Result, timings: dict[str, float], unit: str | None = None
+        cls, job: Job, *, result: Result, timings: Timings, unit: str | None = None
     ) -> Record:
         """One completed output (fields documented in README.md): the job's inputs as
         planned and verified, its params as given, how it ran, what it reached."""
@@ -116,7 +129,7 @@ class Record(_Document):
         execution = job.execution.describe() | {"device": result.device}
         # Given only when they say something: a field never set stays out of the JSON.
         tiling: dict[str, Any] = (
-            {"tiling": result.tiling} if any("tile" in s for s in result.tiling) else {}
+            {"tiling": result.tiling} if any(s.tiled for s in result.tiling) else {}
         )
         notes: dict[str, Any] = {"notes": params.notes()} if params.notes() else {}
         return cls(
@@ -136,7 +149,7 @@ class Record(_Document):
             evaluations=result.evaluations,
             **tiling,
             losses=Losses(final=result.final, history=result.history),
-            timings={name: round(value, 3) for name, value in timings.items()},
+            timings=timings.rounded(),
             versions=package_versions(),
             **notes,
         )
@@ -194,10 +207,10 @@ class JobEntry(_Document):
     status: Status
     output: str
     record: str
-    losses: dict[str, float] | None = None
+    losses: LossValues | None = None
     seconds: float | None = None
     error: str | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
+    history: list[HistoryRow] = Field(default_factory=list, exclude=True)
     # The record this entry was made from, kept in memory for the run's gallery so that it
     # is not read again; never written to the summary.
     found: Record | None = Field(default=None, exclude=True, repr=False)

@@ -16,6 +16,7 @@ from nst_core.batch import storage
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.records import JobEntry, Summary
 from nst_core.batch.thumbnails import read_thumbnail
+from nst_core.engine.trace import HistoryRow
 
 THUMB = 160
 # A sheet shows at most this many contents (rows) and styles (columns).
@@ -51,13 +52,13 @@ def markdown_report(summary: Summary, layout: RunLayout | None = None) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for entry in summary.jobs:
-        losses = entry.losses or {}
+        losses = entry.losses
         seconds = f"{entry.seconds:.1f}" if entry.seconds is not None else ""
         where = entry.error if entry.status == "failed" else entry.output
         lines.append(
             f"| {_md(entry.label)} | {entry.status} | {seconds} | "
-            f"{_num(losses.get('total'))} | {_num(losses.get('style'))} | "
-            f"{_num(losses.get('content'))} | {_md(str(where))} |"
+            f"{_num(losses and losses.total)} | {_num(losses and losses.style)} | "
+            f"{_num(losses and losses.content)} | {_md(str(where))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -155,7 +156,7 @@ def _paste(sheet: Image.Image, thumb: Image.Image | None, x: int, y: int) -> Non
 
 
 def loss_plot(
-    histories: Sequence[tuple[str, list[dict]]], size: tuple[int, int] = (720, 440)
+    histories: Sequence[tuple[str, list[HistoryRow]]], size: tuple[int, int] = (720, 440)
 ) -> bytes:
     """Every job's total loss against evaluations, log-scale y, one coloured line per job."""
     width, height = size
@@ -164,10 +165,10 @@ def loss_plot(
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     points = [
-        (row["evaluation"], row["total"])
+        (row.evaluation, row.total)
         for _, history in histories
         for row in history
-        if row.get("total", 0) > 0 and math.isfinite(row["total"])
+        if row.total > 0 and math.isfinite(row.total)
     ]
     draw.rectangle([left, top, width - right, height - bottom], outline="black")
     if points:
@@ -187,7 +188,7 @@ def loss_plot(
             draw.text((6, py - 6), f"1e{decade}", fill="black", font=font)
         for i, (label, history) in enumerate(histories):
             colour = PALETTE[i % len(PALETTE)]
-            line = [to_px(r["evaluation"], r["total"]) for r in history if r.get("total", 0) > 0]
+            line = [to_px(r.evaluation, r.total) for r in history if r.total > 0]
             if len(line) > 1:
                 draw.line(line, fill=colour, width=2)
             if i < 12:  # a legend for the first dozen; beyond that it would hide the plot

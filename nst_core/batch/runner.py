@@ -1,4 +1,4 @@
-"""Run one work unit: read its inputs, stylise its jobs as one batch, write images and records.
+"""Run one work unit: read its inputs, stylise its jobs together, write images and records.
 
 No Prefect here: the flow calls `run_unit` inside a task, and anything else (a test, a
 script) can call it the same way.
@@ -11,7 +11,7 @@ Guarantees:
 - An image is written before its record, each atomically, so a record always has its image.
 - A job that fails (unreadable image, out of memory at batch size 1, a storage error
   retrying will not fix) gets a `failed` record and the other jobs go on.
-- Out of memory splits the batch in halves and tries again.
+- Out of memory splits the unit's pairs in halves and tries again.
 - Storage errors that retrying may fix propagate, so the caller can retry the whole unit;
   jobs already done are skipped then.
 """
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import torch
 
 from nst_core.batch import records, storage, thumbnails
-from nst_core.batch.claims import JobClaims, claims_folder, generations
+from nst_core.batch.job_claims import JobClaims, generations, job_claims_folder
 from nst_core.batch.jobs import Job
-from nst_core.batch.records import Record, Status
+from nst_core.batch.records import Record, Status, Timings
 from nst_core.batch.unit_inputs import UnitInputs
 from nst_core.engine import images
-from nst_core.engine.loop import Progress, Result, stylize_batch
+from nst_core.engine.loop import Progress, Result, stylize_pairs
 from nst_core.engine.targets import GramCache, Pair
 from nst_core.errors import ImageError, NstError
 from nst_core.settings import Settings
@@ -98,7 +98,7 @@ def run_unit(
 ) -> list[Outcome]:
     """Stylise `unit` on `device`; one Outcome per job, in order.
 
-    Each job is claimed first (nst_core/batch/claims.py): a job another run is computing
+    Each job is claimed first (nst_core/batch/job_claims.py): a job another run is computing
     right now comes back `elsewhere`, and `options.force` recomputes only jobs no live run
     holds.
     """
@@ -117,33 +117,33 @@ def run_unit(
             if on_job:
                 on_job(outcome)
 
-        batch = _Batch(cache or GramCache(), options, finish, device)
-        loaded = _claim_and_load(unit, held, batch)
-        batch.run(loaded)
+        unit_run = _UnitRun(cache or GramCache(), options, finish, device)
+        loaded = _claim_and_load(unit, held, unit_run)
+        unit_run.run(loaded)
     return [outcomes[job.key] for job in unit]
 
 
-def _claim_and_load(unit: list[Job], held: JobClaims | _Unclaimed, batch: _Batch) -> list[_Loaded]:
+def _claim_and_load(unit: list[Job], held: JobClaims | _Unclaimed, run: _UnitRun) -> list[_Loaded]:
     """Each job claimed and its inputs read: (job, its engine input, seconds to read it).
     Jobs done already, held elsewhere or unreadable are finished here. Whether a job is done
     was decided by whoever planned the unit; it is read again only once claimed, when
     another run may have recorded it meanwhile (or this unit's earlier attempt did)."""
-    options = batch.options
+    options = run.options
     seen: dict[str, list[int]] = {}
     if options.claim:
         seen = {
             key: gens
-            for folder in dict.fromkeys(claims_folder(job) for job in unit)
+            for folder in dict.fromkeys(job_claims_folder(job) for job in unit)
             for key, gens in generations(folder).items()
         }
     inputs = UnitInputs(options.settings.limits.max_input_bytes)
     loaded: list[_Loaded] = []
     for job in unit:
         if not held.take(job, seen):
-            batch.finish(Outcome(job, "elsewhere"))
+            run.finish(Outcome(job, "elsewhere"))
             continue
         if not options.force and (done := _skipped_if_done(job)):
-            batch.finish(done)
+            run.finish(done)
             continue
         started = time.perf_counter()
         try:
@@ -151,7 +151,7 @@ def _claim_and_load(unit: list[Job], held: JobClaims | _Unclaimed, batch: _Batch
         except (ImageError, storage.StorageError) as exc:
             if _is_transient(exc):
                 raise
-            batch.finish(batch.fail(job, str(exc), time.perf_counter() - started))
+            run.finish(run.fail(job, str(exc), time.perf_counter() - started))
             continue
         loaded.append((job, pair, time.perf_counter() - started))
     return loaded
@@ -164,7 +164,7 @@ def _skipped_if_done(job: Job) -> Outcome | None:
 
 
 @dataclass
-class _Batch:
+class _UnitRun:
     cache: GramCache
     options: UnitOptions
     finish: Callable[[Outcome], None]
@@ -176,7 +176,7 @@ class _Batch:
         return Outcome(job, "failed", seconds=seconds, error=reason)
 
     def run(self, loaded: list[_Loaded]) -> None:
-        """Stylise as one batch; on out of memory, or a job the engine rejects (an image
+        """Stylise the pairs together; on out of memory, or a job the engine rejects (an image
         too small for the network), split in halves down to single jobs, so only that job
         fails."""
         if not loaded:
@@ -186,7 +186,7 @@ class _Batch:
         # The planner gave every job of a unit one execution; the unit got its device.
         execution = loaded[0][0].execution.on(self.device, self.options.settings.precision)
         try:
-            results = stylize_batch(
+            results = stylize_pairs(
                 pairs, cache=self.cache, progress=self.options.progress, execution=execution
             )
         except Exception as exc:
@@ -224,11 +224,7 @@ def _write(job: Job, result: Result, read_s: float, seconds: float, unit: str | 
     record = Record.completed(
         job,
         result=result,
-        timings={
-            "read_s": read_s,
-            "optimize_s": seconds,
-            "write_s": time.perf_counter() - started,
-        },
+        timings=Timings(read_s=read_s, optimize_s=seconds, write_s=time.perf_counter() - started),
         unit=unit,
     )
     # The record goes last: its presence says the image beside it is complete.

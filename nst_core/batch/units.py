@@ -1,4 +1,4 @@
-"""Work units: jobs grouped by what can share one batch, sized to fit one device's memory.
+"""Work units: jobs grouped by what can be optimised together, sized to fit one device's memory.
 
 The memory model is per output pixel per pair: activations kept for the backward pass of
 VGG19 up to relu5_1, their gradients, and L-BFGS's curvature history. bench/ checks it
@@ -33,7 +33,7 @@ FIXED_BYTES = 20 * 2**20
 # counts only when it is larger than the optimisation's own peak (a large style_scale).
 STYLE_FORWARD_BYTES_PER_PIXEL = 1_100
 DEFAULT_CPU_BUDGET_GB = 4.0
-MAX_BATCH = 16
+MAX_UNIT_JOBS = 16
 
 
 def gram_bytes(params: StyleParams) -> int:
@@ -46,25 +46,25 @@ def estimate_bytes(
     height: int,
     params: StyleParams,
     *,
-    batch: int = 1,
+    pairs: int = 1,
     styles: int = 1,
     history_on: str | None = None,
 ) -> int:
-    """Peak memory of one batch at (width, height) whose pairs blend `styles` styles each;
-    `auto` precision counts as fp32. `history_on` is where L-BFGS's history lives (by
+    """Peak memory of `pairs` optimised together at (width, height), each blending `styles`
+    styles; `auto` precision counts as fp32. `history_on` is where L-BFGS's history lives (by
     default where `params` ask).
 
-    The planner sizes units with the batch-of-1 figure per pair, so it counts the fixed
+    The planner sizes units with the one-pair figure per pair, so it counts the fixed
     part once per pair: on the safe side, and only noticeably so for tiny images.
     """
     per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
     if params.optimizer == "lbfgs":
         # x, g, d and trial buffers, and the history when it is on the device.
         per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params, history_on)
-    optimisation = width * height * per_pixel * batch
+    optimisation = width * height * per_pixel * pairs
     style_side = max(width, height) * params.style_scale  # the style's aspect is unknown here
     style_forward = int(style_side**2 * STYLE_FORWARD_BYTES_PER_PIXEL)
-    targets = gram_bytes(params) * styles * batch  # every style's Grams stay cached
+    targets = gram_bytes(params) * styles * pairs  # every style's Grams stay cached
     return FIXED_BYTES + max(optimisation, style_forward) + targets
 
 
@@ -74,20 +74,20 @@ def tiled_bytes(
     params: StyleParams,
     tile: int,
     *,
-    batch: int = 1,
+    pairs: int = 1,
     styles: int = 1,
     history_on: str | None = None,
 ) -> int:
-    """Peak memory of a batch at (width, height) run in tiles of `tile` pixels: the network
+    """Peak memory of `pairs` at (width, height) run in tiles of `tile` pixels: the network
     sees one tile and its halo at a time, while the whole image's state stays (the image, its
     gradient and best point, L-BFGS's history, the content targets' feature maps)."""
     crop = tiling_for(params, tile).largest_crop(height, width)
     per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
-    network = crop * per_pixel * batch
-    state = int(width * height * _state_bytes_per_pixel(params, history_on) * batch)
+    network = crop * per_pixel * pairs
+    state = int(width * height * _state_bytes_per_pixel(params, history_on) * pairs)
     style_side = max(width, height) * params.style_scale
     style_forward = int(min(style_side**2, crop) * STYLE_FORWARD_BYTES_PER_PIXEL)
-    targets = gram_bytes(params) * styles * batch
+    targets = gram_bytes(params) * styles * pairs
     return FIXED_BYTES + max(network, style_forward) + state + targets
 
 
@@ -274,9 +274,11 @@ def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:
     )
 
 
-def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -> list[list[Job]]:
-    """Group jobs that may share a batch (same output size and batch key), then chunk each
-    group so that a unit's estimated peak stays within `budget_bytes` (at least one job;
+def pack_units(
+    jobs: list[Job], budget_bytes: int, max_jobs: int = MAX_UNIT_JOBS
+) -> list[list[Job]]:
+    """Group jobs that may be optimised together (same output size and `together_key`), then
+    chunk each group so that a unit's estimated peak stays within `budget_bytes` (at least one job;
     `split_unfit` first sets aside the jobs that fit no unit).
 
     Jobs whose content could not be read go alone: they will fail with their own reason.
@@ -288,11 +290,11 @@ def plan_units(jobs: list[Job], budget_bytes: int, max_batch: int = MAX_BATCH) -
         if size is None:
             alone.append([job])
         else:
-            groups[(size, job.params.batch_key(), job.execution)].append(job)
+            groups[(size, job.params.together_key(), job.execution)].append(job)
     units: list[list[Job]] = []
     for members in groups.values():
         needs = [job_bytes(job) for job in members]
         per_pair = max(need for need in needs if need is not None)  # every member has a size
-        fit = max(1, min(max_batch, budget_bytes // per_pair))
+        fit = max(1, min(max_jobs, budget_bytes // per_pair))
         units.extend(members[i : i + fit] for i in range(0, len(members), fit))
     return units + alone

@@ -11,7 +11,7 @@ from nst_core.errors import ParamsError
 
 
 def devices_for(setting: str) -> list[str]:
-    """The concrete devices a batch may spread over: every GPU for auto/cuda, else one."""
+    """The concrete devices a run may spread over: every GPU for auto/cuda, else one."""
     if setting in ("auto", "cuda") and torch.cuda.is_available():
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if setting == "auto":

@@ -1,4 +1,4 @@
-"""Execution: how a batch runs, as distinct from what it makes.
+"""Execution: how pairs are stylised, as distinct from what they make.
 
 A user's StyleParams may ask for a device, a tile size and where L-BFGS keeps its history;
 the planner (nst_core/batch/units.py) decides what they become for each job, and the runner
@@ -21,13 +21,13 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class Execution:
-    """Where and how one batch runs: the device, the tile size for every scale larger than
-    it (None: whole), and where L-BFGS keeps its curvature history."""
+    """Where and how pairs stylised together run: the device, the tile size for every
+    scale larger than it (None: whole), and where L-BFGS keeps its curvature history."""
 
     device: str = "auto"
     tile: int | None = None
     history_on: HistoryOn = "device"
-    # What `precision: auto` means for this batch when the settings say (NST_PRECISION);
+    # What `precision: auto` means for these pairs when the settings say (NST_PRECISION);
     # None: calibration's measured choice.
     precision: Precision | None = None
 

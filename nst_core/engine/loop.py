@@ -39,22 +39,34 @@ from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
 from nst_core.engine.tiles import Tiling
 from nst_core.engine.tiling import TiledObjective
+from nst_core.engine.trace import HistoryRow, LossValues, ScaleRun
 from nst_core.engine.vgg import load_vgg
 from nst_core.errors import ParamsError
 
-LOSS_NAMES = ("total", "content", "style", "tv")
-# Progress callback: (evaluations done, evaluations in all, per-pair losses of the latest record)
-Progress = Callable[[int, int, list[dict[str, float]]], None]
+# Progress callback: (evaluations done, evaluations in all, each pair's losses at its latest
+# record: None for a pair that has none yet).
+Progress = Callable[[int, int, list[LossValues | None]], None]
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """One evaluation kept for the history, before its losses leave the device."""
+
+    evaluation: int  # within this scale
+    seconds: float
+    losses: torch.Tensor  # (4, rows): LOSS_NAMES by the rows optimising then
+    pairs: list[int]  # the pairs this evaluation is recorded for
+    rows: list[int]  # the pairs optimising then, in row order
 
 
 @dataclass
 class Result:
     image: Image.Image
-    history: list[dict]  # one row per record: evaluation, scale, seconds and LOSS_NAMES
-    final: dict[str, float]  # losses of the returned image at the output size
+    history: list[HistoryRow]
+    final: LossValues  # of the returned image at the output size
     seconds: float  # wall time of the whole batch this pair was part of
     evaluations: int  # loss evaluations this pair ran, over every scale
-    tiling: list[dict]  # per scale: {"scale": px} plus tile, halo and tiles when tiled
+    tiling: list[ScaleRun]
     batch_size: int
     device: str
     precision: str
@@ -76,7 +88,7 @@ def stylize(
     execution: Execution | None = None,
 ) -> Result:
     """Stylise one pair."""
-    return stylize_batch(
+    return stylize_pairs(
         [pair],
         progress=progress,
         cache=cache,
@@ -87,7 +99,7 @@ def stylize(
     )[0]
 
 
-def stylize_batch(
+def stylize_pairs(
     pairs: Sequence[Pair],
     *,
     progress: Progress | None = None,
@@ -99,7 +111,7 @@ def stylize_batch(
 ) -> list[Result]:
     """Stylise B pairs of the same output size together in one (B, 3, H, W) tensor.
 
-    Loss weights may differ per pair; everything in `StyleParams.batch_key()` must match.
+    Loss weights may differ per pair; everything in `StyleParams.together_key()` must match.
     `network` maps images to {layer: features} for `network_layers(params)` (default:
     `network_for`); `optimizer` yields the steps (default: by `params.optimizer`);
     `gram_of` computes Grams (default: losses.gram); `cache` keeps style Grams across calls.
@@ -109,11 +121,13 @@ def stylize_batch(
     if not pairs:
         return []
     params = pairs[0].params
-    if any(p.params.batch_key() != params.batch_key() for p in pairs):
-        raise ParamsError(["pairs in one batch must share size, layers, optimiser and schedule"])
+    if any(p.params.together_key() != params.together_key() for p in pairs):
+        raise ParamsError(
+            ["pairs stylised together must share size, layers, optimiser and schedule"]
+        )
     out_sizes = {images.fit_size(*p.content.size, params.size) for p in pairs}
     if len(out_sizes) != 1:
-        raise ParamsError([f"pairs in one batch must have one output size, got {out_sizes}"])
+        raise ParamsError([f"pairs stylised together must have one output size, got {out_sizes}"])
     width, height = out_sizes.pop()
     execution = execution or Execution.asked(params)
     device = resolve_device(execution.device)
@@ -171,20 +185,21 @@ class Scales:
         self.started = time.perf_counter()
         n = len(targets.pairs)
         self.evaluations = [0] * n  # each pair's own, which the stopping rule may cut short
-        self.history: list[list[dict]] = [[] for _ in range(n)]
-        self.final: list[dict[str, float]] = [{} for _ in range(n)]
-        self.latest: list[dict[str, float]] = [{} for _ in range(n)]
-        self.tiling: list[dict] = []  # per scale: its size, and its tiles when it ran tiled
+        self.history: list[list[HistoryRow]] = [[] for _ in range(n)]
+        self.final: list[LossValues] = []  # set by each scale, kept from the last
+        self.latest: list[LossValues | None] = [None] * n
+        self.tiling: list[ScaleRun] = []
         self.loss_weights = targets.loss_weights()
 
     def objective(self, size: tuple[int, int]) -> tuple[Objective | TiledObjective, torch.Tensor]:
         """The loss at `size`, tiled when the execution says so for this size, and the
         luma-aware contents it was built from."""
         targets = self.targets
+        w, h = size
         tile = self.execution.tile_size(size)
         layers = network_layers(self.params)
         tiling = Tiling.for_layers(tile, layers) if tile else None
-        self.tiling.append({"scale": max(size), **(tiling.describe(*size[::-1]) if tiling else {})})
+        self.tiling.append(tiling.describe(h, w) if tiling else ScaleRun(scale=max(size)))
         content = targets.contents(size, luma=True)
         content_targets = targets.content_features(content, tiling)
         style_targets = targets.style_grams(size, content, tiling)
@@ -212,8 +227,7 @@ class Scales:
         stopping = Stopping([pair.params for pair in self.targets.pairs])
         offset = list(self.evaluations)
         rows = list(range(len(self.targets.pairs)))  # the pairs still optimising, in order
-        # (evaluation, seconds, losses (4, rows), the pairs to record, the rows then)
-        records: list[tuple[int, float, torch.Tensor, list[int], list[int]]] = []
+        records: list[_Recorded] = []
         iterations, every = self.params.iterations, self.params.history_every
         for k in range(1, iterations + 1):
             point = stepper.ask()
@@ -225,7 +239,7 @@ class Scales:
             if on_cadence or leaving:
                 row = torch.cat([total.unsqueeze(0), parts])  # (4, rows)
                 seconds = time.perf_counter() - self.started
-                records.append((k, seconds, row, rows if on_cadence else leaving, rows))
+                records.append(_Recorded(k, seconds, row, rows if on_cadence else leaving, rows))
                 if on_cadence and self.progress:
                     self._report(self.budget_done + k, row, rows)
             if leaving:
@@ -253,22 +267,27 @@ class Scales:
 
     def _keep_history(
         self,
-        records: list[tuple[int, float, torch.Tensor, list[int], list[int]]],
+        records: list[_Recorded],
         size: tuple[int, int],
         offset: list[int],
     ) -> None:
         if not records:
             return
-        flat = torch.cat([row.flatten() for _, _, row, _, _ in records]).cpu()  # one sync
+        flat = torch.cat([r.losses.flatten() for r in records]).cpu()  # one sync
         start = 0
-        for k, seconds, row, recorded, rows in records:
-            values = flat[start : start + row.numel()].view(row.shape)
-            start += row.numel()
-            for b in recorded:
-                entry: dict[str, float] = {"evaluation": offset[b] + k, "scale": max(size)}
-                entry["seconds"] = round(seconds, 4)
-                entry.update(zip(LOSS_NAMES, values[:, rows.index(b)].tolist(), strict=True))
-                self.history[b].append(entry)
+        for r in records:
+            values = flat[start : start + r.losses.numel()].view(r.losses.shape)
+            start += r.losses.numel()
+            for b in r.pairs:
+                losses = LossValues.of(values[:, r.rows.index(b)].tolist())
+                self.history[b].append(
+                    HistoryRow(
+                        evaluation=offset[b] + r.evaluation,
+                        scale=max(size),
+                        seconds=round(r.seconds, 4),
+                        **losses.model_dump(),
+                    )
+                )
 
 
 def _leaving(
@@ -283,8 +302,6 @@ def _leaving(
     return sorted(leaving)
 
 
-def _rows(values: torch.Tensor) -> list[dict[str, float]]:
-    """(4, B) losses -> one dict per pair."""
-    return [
-        dict(zip(LOSS_NAMES, values[:, b].tolist(), strict=True)) for b in range(values.shape[1])
-    ]
+def _rows(values: torch.Tensor) -> list[LossValues]:
+    """(4, B) losses -> each pair's."""
+    return [LossValues.of(values[:, b].tolist()) for b in range(values.shape[1])]

@@ -35,7 +35,7 @@ _PER_SAMPLE = (
 )
 
 
-class BatchedLBFGS:
+class PerPairLBFGS:
     """L-BFGS over (B, N) points, independent per sample, with strong-Wolfe line search."""
 
     def __init__(

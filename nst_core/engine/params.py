@@ -228,7 +228,7 @@ class StyleParams(BaseModel):
         total = sum(raw)
         return {name: w / total for name, w in zip(self.style_layers, raw, strict=True)}
 
-    def batch_key(self) -> tuple:
+    def together_key(self) -> tuple:
         """What must be equal for two jobs to be optimised in one batch.
 
         Loss weights may differ per pair; everything that shapes the network, the schedule

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from nst_core.engine.optim import BatchedLBFGS
+from nst_core.engine.optim import PerPairLBFGS
 from nst_core.engine.params import StyleParams
 
 
@@ -41,7 +41,7 @@ class LBFGSSteps:
     def __init__(self, x: torch.Tensor, params: StyleParams, *, history_on: str = "device") -> None:
         self.shape = x.shape[1:]
         host = "cpu" if history_on == "host" else None
-        self.opt = BatchedLBFGS(
+        self.opt = PerPairLBFGS(
             x.flatten(1), history_size=params.lbfgs_history, history_device=host
         )
 

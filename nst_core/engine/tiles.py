@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nst_core.engine.layers import min_side, reach
+from nst_core.engine.trace import ScaleRun
 
 if TYPE_CHECKING:
     import torch
@@ -102,6 +103,7 @@ class Tiling:
         cols = max(end - start for _, _, start, end in self.spans(width))
         return rows * cols
 
-    def describe(self, height: int, width: int) -> dict:
-        """How a scale ran, for the record."""
-        return {"tile": self.size, "halo": self.halo, "tiles": len(self.tiles(height, width))}
+    def describe(self, height: int, width: int) -> ScaleRun:
+        """How a scale of this size ran, for the record."""
+        tiles = len(self.tiles(height, width))
+        return ScaleRun(scale=max(height, width), tile=self.size, halo=self.halo, tiles=tiles)

@@ -43,12 +43,12 @@ _HELD_IN_PROCESS: set[str] = set()
 _PROCESS_LOCK = threading.Lock()
 
 
-def claims_folder(job: Job) -> str:
+def job_claims_folder(job: Job) -> str:
     return RunLayout(storage.parent(job.output)).claims
 
 
-def claim_uri(job: Job, generation: int) -> str:
-    return f"{claims_folder(job)}/{job.key}.{generation}.json"
+def job_claim_uri(job: Job, generation: int) -> str:
+    return f"{job_claims_folder(job)}/{job.key}.{generation}.json"
 
 
 def generations(folder: str) -> dict[str, list[int]]:
@@ -106,7 +106,7 @@ class JobClaims:
         `generations()` listing of the job's claims folder, taken before this unit began."""
         gens = seen.get(job.key, [])
         if gens:
-            uri = claim_uri(job, gens[-1])
+            uri = job_claim_uri(job, gens[-1])
             holder = _read(uri)
             if holder is not None and _beyond_any_lease(holder):
                 self.warn(
@@ -118,7 +118,7 @@ class JobClaims:
             elif holder is not None and _live(holder, job.key):
                 return False
         generation = (gens[-1] + 1) if gens else 1
-        uri = claim_uri(job, generation)
+        uri = job_claim_uri(job, generation)
         body = self._body(job)
         # Of several runs taking the same generation, create-if-absent lets one win.
         if not storage.write_if_absent(uri, json.dumps(body).encode()):

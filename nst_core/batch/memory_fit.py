@@ -12,7 +12,7 @@ from nst_core.batch.jobs import Job
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
+class MemoryFit:
     devices: list[str]  # the concrete devices the jobs may spread over
     budget: int  # bytes, per device
     fitting: list[Job]  # each with its Execution set to fit the budget
@@ -22,7 +22,7 @@ class MemoryPlan:
         return units.unfit_reason(job, need, self.budget)
 
 
-def plan_memory(jobs: list[Job], device: str, budget_bytes: int | None = None) -> MemoryPlan:
+def fit_memory(jobs: list[Job], device: str, budget_bytes: int | None = None) -> MemoryFit:
     """Fit `jobs` to the budget of the first device `device` (a StyleParams device setting)
     stands for: `budget_bytes` (the settings' NST_MEMORY_BUDGET_GB) or the device's own."""
     from nst_core.engine.devices import devices_for  # torch: only once there is work
@@ -31,4 +31,4 @@ def plan_memory(jobs: list[Job], device: str, budget_bytes: int | None = None) -
     budget = units.memory_budget_bytes(devices[0], budget_bytes)
     host_history = units.history_may_go_to_host(devices[0])
     fitting, unfit = units.split_unfit(jobs, budget, host_history=host_history)
-    return MemoryPlan(devices=devices, budget=budget, fitting=fitting, unfit=unfit)
+    return MemoryFit(devices=devices, budget=budget, fitting=fitting, unfit=unfit)
