@@ -57,7 +57,8 @@ from bench.baseline import EVALUATIONS, TUTORIAL_SETTINGS, run_baseline
 from bench.common import Evaluator, inputs, planning_job, tensors
 from bench.look import LookMetric
 from bench.memory import GPU_GRID, one
-from nst_core.batch.units import estimate_bytes, job_bytes, split_unfit, unfit_reason
+from nst_core.batch.memory_model import estimate_bytes
+from nst_core.batch.units import job_bytes, split_unfit, unfit_reason
 from nst_core.engine import images
 from nst_core.engine.loop import network_for, network_layers, stylize_pairs
 from nst_core.engine.losses import gram

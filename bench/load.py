@@ -338,6 +338,7 @@ def attribute(manifest: Path, prefect_home: Path) -> dict:
 
     import flows.batch as batch
     import flows.execute as execute
+    from flows import embedded
 
     marks: dict[str, float] = {}
     slots: list[tuple[float, float, float, float]] = []  # asked, held, released, returned
@@ -371,7 +372,8 @@ def attribute(manifest: Path, prefect_home: Path) -> dict:
     execute.concurrency, batch.load_plan = timed_concurrency, timed_load
     batch.run_units = timed_run_units
     try:
-        summary = batch.stylize_batch(str(manifest), embedded_server=True)  # as `nst run`
+        embedded.install()  # as `nst run`: its own embedded server, whose slots it may reset
+        summary = batch.stylize_batch(str(manifest))
     finally:
         execute.concurrency, batch.load_plan = real_concurrency, real_load
         batch.run_units = real_run_units

@@ -1,4 +1,4 @@
-"""Does the planner's memory model (nst_core/units.py) predict measured peaks within 20%?
+"""Does the planner's memory model (batch/memory_model.py) predict measured peaks within 20%?
 
 Each configuration is first run once for one evaluation at its own shapes, so one-off
 costs are not counted: cuDNN's autotuning workspaces, oneDNN's primitives, the network and
@@ -25,7 +25,7 @@ import torch
 
 from bench.common import machine, write_section
 from nst_core.batch import demo
-from nst_core.batch.units import estimate_bytes
+from nst_core.batch.memory_model import estimate_bytes
 from nst_core.engine.images import fit_size
 from nst_core.engine.loop import stylize_pairs
 from nst_core.engine.params import StyleParams

@@ -4,7 +4,7 @@ evaluation costs, and whether the planner's tiled memory model predicts measured
 - halo: at 256 px (tiles of 64 px, every layer up to relu5_1), the loss and gradient of
   tiled evaluations against the untiled one, for halos from 0 to the full reach;
 - speed: seconds per evaluation at 512 px, untiled and in tiles (default and full halo);
-- memory: a tiled run's peak in a fresh process against `units.tiled_bytes` at 1024 and
+- memory: a tiled run's peak in a fresh process against `memory_model.tiled_bytes` at 1024 and
   2048 px (`--large` adds 4096 px, which needs more memory than a 24 GB machine has and
   minutes per evaluation on a CPU); 4096 px is also planned under 8 GB, predicted only.
 
@@ -25,7 +25,7 @@ import torch
 
 from bench.common import inputs, machine, planning_job, write_section
 from bench.memory import _restart_rss_peak, _status_bytes
-from nst_core.batch import units
+from nst_core.batch import memory_model, units
 from nst_core.engine.images import fit_size
 from nst_core.engine.layers import reach
 from nst_core.engine.loop import Scales, network_for, network_layers, stylize
@@ -120,7 +120,7 @@ def memory_one(size: int) -> dict:
     content, style, _ = inputs()
     params = StyleParams(size=size, iterations=2, device="cpu", precision="fp32", stop_tolerance=0)
     width, height = fit_size(*content.size, size)
-    budget = int(MEMORY_BUDGET_SHARE * units.estimate_bytes(width, height, params))
+    budget = int(MEMORY_BUDGET_SHARE * memory_model.estimate_bytes(width, height, params))
     tile = _planned_tile(params, width, height, budget)
     params = params.model_copy(update={"tile": tile})
     pair = Pair(content, [style], params)
@@ -128,8 +128,8 @@ def memory_one(size: int) -> dict:
     base = _restart_rss_peak()
     result = stylize(pair)
     peak = _status_bytes("VmHWM") - base
-    predicted = units.tiled_bytes(width, height, params, tile)
-    whole = units.estimate_bytes(width, height, params)
+    predicted = memory_model.tiled_bytes(width, height, params, tile)
+    whole = memory_model.estimate_bytes(width, height, params)
     return {
         "size": size,
         "output": [width, height],
@@ -229,8 +229,8 @@ def predicted_4096() -> tuple[int, int, int, int, int]:
     params = StyleParams(size=4096, device="cpu", precision="fp32")
     width, height = fit_size(*content.size, 4096)
     tile = _planned_tile(params, width, height, 8 * 2**30)
-    tiled = units.tiled_bytes(width, height, params, tile)
-    return width, height, tile, tiled, units.estimate_bytes(width, height, params)
+    tiled = memory_model.tiled_bytes(width, height, params, tile)
+    return width, height, tile, tiled, memory_model.estimate_bytes(width, height, params)
 
 
 def main() -> None:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from flows import artifacts
 from flows import shards as sharding
 from flows.execute import BATCH_TIMEOUT_S, run_units
 from flows.runners import placement, task_runner_name
 from nst_core.batch import gallery, records, report, runner, storage, units
+from nst_core.batch.escape import log_text
 from nst_core.batch.jobs import Job, build_jobs
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import Plan, load_plan
@@ -129,7 +130,6 @@ def stylize_batch(
     read_roots: list[str] | None = None,
     write_roots: list[str] | None = None,
     manifest_sha256: str | None = None,
-    embedded_server: bool = False,
 ) -> Summary | DryRun:
     """Stylise every job of MANIFEST (a path or s3:// URI) that is not done yet.
 
@@ -141,8 +141,7 @@ def stylize_batch(
     children: the child's job keys, its run name, and (for `force`) the time before which
     a completed record does not count as done. `read_roots` / `write_roots` confine what the
     manifest may read and write (the inbox sets them); `manifest_sha256` refuses a manifest
-    that changed since whoever started the run validated it. `embedded_server` (set by
-    `nst run` without PREFECT_API_URL) frees device slots a killed earlier run left taken.
+    that changed since whoever started the run validated it.
     """
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -185,7 +184,7 @@ def stylize_batch(
     elif work.units:
         with placement(runner_name, work.devices, work.device, settings) as place:
             description = f"{plan.name}: jobs finished"
-            entries |= run_units(work.units, place, force, description, settings, embedded_server)
+            entries |= run_units(work.units, place, force, description, settings)
     ordered = [entries[j.key] for j in work.all_jobs]
     summary = Summary.of(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
     return _finish(summary, plan, shard_name, work.all_jobs)
@@ -194,7 +193,7 @@ def stylize_batch(
 def _log_plan(work: _Work, runner_name: str) -> None:
     get_run_logger().info(
         "%s: %d jobs, %d done already, %d to run in %d units %s%s",
-        work.plan.uri,
+        log_text(work.plan.uri),
         len(work.all_jobs),
         len(work.done),
         len(work.pending),
@@ -214,7 +213,7 @@ def _settled_entries(work: _Work) -> dict[str, JobEntry]:
     }
     for job, need in work.unfit:
         outcome = runner.fail(job, units.unfit_reason(job, need, work.budget))
-        get_run_logger().error("failed %s: %s", job.label, outcome.error)
+        get_run_logger().error("failed %s: %s", log_text(job.label), log_text(outcome.error))
         entries[job.key] = JobEntry.of(job, "failed", record=outcome.record, error=outcome.error)
     return entries
 
@@ -243,13 +242,14 @@ def _finish(summary: Summary, plan: Plan, shard_name: str | None, jobs: list[Job
     else:
         layout = RunLayout(plan.output)
         markdown = report.markdown_report(summary, layout)  # the artifact's and report.md's
-        _publish_artifacts(summary, markdown)  # first: they need no storage, which may have broken
+        artifacts.publish(summary, markdown)  # first: they need no storage, which may have broken
         try:
             summary.run_folder = _write_results(layout, summary, markdown, jobs)
             where = f"{summary.run_folder}/summary.json"
         except storage.StorageError as exc:
             unwritten = exc
             where = f"the flow run's artifacts (the summary could not be written: {exc})"
+    where = log_text(where)  # a state message and a log line: one line each
     get_run_logger().info("%s; summary in %s", totals.line(), where)
     if totals.failed:
         raise BatchFailed(f"{totals.failed} of {totals.jobs} jobs failed; see {where}")
@@ -275,26 +275,10 @@ def _write_results(layout: RunLayout, summary: Summary, markdown: str, jobs: lis
     except Exception:
         # The page is a view of what is written; a fault in drawing it must not fail a batch
         # whose every output and record is there. `nst gallery` can write it again.
-        get_run_logger().exception("the gallery page of %s could not be written", run)
+        get_run_logger().exception("the gallery page of %s could not be written", log_text(run))
     # Drawn from the gallery's thumbnails where there are some (from the images otherwise).
     sheet = report.contact_sheet(summary.jobs, thumbnails)
     storage.write_bytes(layout.contact_sheet(run), sheet)
     histories = [(e.label, e.history) for e in summary.jobs if e.history]
     storage.write_bytes(layout.loss_plot(run), report.loss_plot(histories))
     return layout.run_folder(run)
-
-
-def _publish_artifacts(summary: Summary, markdown: str) -> None:
-    rows = [
-        {
-            "job": e.label,
-            "status": e.status,
-            "seconds": round(e.seconds, 1) if e.seconds is not None else None,
-            "style loss": e.losses.style if e.losses else None,
-            "content loss": e.losses.content if e.losses else None,
-            "output": e.output if e.status != "failed" else e.error,
-        }
-        for e in summary.jobs
-    ]
-    create_table_artifact(rows, key="stylize-batch-jobs", description=summary.run)
-    create_markdown_artifact(markdown, key="stylize-batch-report")

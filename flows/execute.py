@@ -24,7 +24,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import Task, exponential_backoff
 
+from flows import embedded
 from nst_core.batch import runner, units
+from nst_core.batch.escape import log_text
 from nst_core.batch.jobs import Job
 from nst_core.batch.records import JobEntry
 from nst_core.engine.targets import GramCache
@@ -64,21 +66,23 @@ def _unit_name() -> str:
 
 
 def _log_outcome(logger: RunLogger, outcome: runner.Outcome) -> None:
+    # Labels and errors carry file names, which may hold CR, LF or ESC: each stays one line.
+    label = log_text(outcome.job.label)
     if outcome.status == "completed":
         assert outcome.record is not None and outcome.record.losses is not None
         final = outcome.record.losses.final
         logger.info(
             "completed %s in %.1f s: total %.4g, content %.4g, style %.4g",
-            outcome.job.label,
+            label,
             outcome.seconds,
             final.total,
             final.content,
             final.style,
         )
     elif outcome.status == "failed":
-        logger.error("failed %s: %s", outcome.job.label, outcome.error)
+        logger.error("failed %s: %s", label, log_text(outcome.error))
     elif outcome.status == "elsewhere":
-        logger.info("left %s to the run that is computing it now", outcome.job.label)
+        logger.info("left %s to the run that is computing it now", label)
 
 
 @task(
@@ -117,7 +121,7 @@ def stylize_unit(
             options=runner.UnitOptions(
                 force=force,
                 unit=label,
-                warn=logger.warning,
+                warn=lambda line: logger.warning("%s", log_text(line)),
                 settings=settings,
             ),
         )
@@ -127,13 +131,17 @@ def stylize_unit(
     ]
 
 
-def ensure_device_limits(devices: list[str], reset: bool = False) -> None:
-    """Create each device's one-slot limit. With `reset` (`nst run` on the embedded server),
-    also free its slot: that server runs no lease repossessor, so a slot held by a killed run
-    would otherwise stay taken for good (a real server frees it when its lease expires)."""
+def ensure_device_limits(devices: list[str]) -> None:
+    """Create each device's one-slot limit. On `nst run`'s embedded server, one this process
+    started (flows/embedded.py), also free its slot: that server runs no lease repossessor, so
+    a slot held by a killed run would otherwise stay taken for good. On any other server (a
+    deployment's flow run, `nst run` with PREFECT_API_URL) slots are never reset: live runs
+    may hold them, and the server frees a dead run's slot when its lease expires. This is a
+    fact of the process, not a flow parameter, so no deployment run can ask for a reset."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
     with get_client(sync_client=True) as client:
+        reset = embedded.started_here(str(client.api_url))
         for device in devices:
             name = device_limit_name(device)
             client.upsert_global_concurrency_limit_by_name(name, 1)
@@ -179,7 +187,6 @@ def run_units(
     force: bool,
     description: str,
     settings: Settings,
-    reset_slots: bool = False,
 ) -> dict[str, JobEntry]:
     """Run every unit where `place` says and collect their summary entries by job key.
 
@@ -189,7 +196,7 @@ def run_units(
     """
     logger = get_run_logger()
     if place.hold_slot:
-        ensure_device_limits(sorted(set(place.devices)), reset=reset_slots)
+        ensure_device_limits(sorted(set(place.devices)))
     # Called from a sync flow: the artifact's id, not a coroutine.
     progress_id = cast(UUID, create_progress_artifact(0.0, description=description))
     feeder = _Feeder(work, place, force, settings)
@@ -224,13 +231,14 @@ def _unit_entries(
         return future.result()
     except Exception as exc:  # the unit failed after its retries: its jobs failed
         names = ", ".join(j.label for j in unit)
-        logger.error("unit failed after its retries (%s): %s", names, exc)
+        logger.error("unit failed after its retries (%s): %s", log_text(names), log_text(exc))
         return [JobEntry.of(j, "failed", error=f"unit failed: {exc}") for j in unit]
 
 
 def unit_label(index: int, count: int, unit: list[Job]) -> str:
-    """A task run name that says which jobs it holds."""
+    """A task run name that says which jobs it holds, on one line: Prefect logs it."""
     size = units.output_size(unit[0])
     where = f" at {size[0]}x{size[1]}" if size else ""
-    names = ", ".join(j.label for j in unit[:3]) + (f" +{len(unit) - 3}" if len(unit) > 3 else "")
+    names = ", ".join(log_text(j.label) for j in unit[:3])
+    names += f" +{len(unit) - 3}" if len(unit) > 3 else ""
     return f"unit {index + 1}/{count}{where}: {names}"[:200]

@@ -38,10 +38,12 @@ from prefect.states import Cancelled
 from flows.execute import RunLogger
 from flows.shards import ADHOC
 from nst_core.batch import inbox as drop_box
+from nst_core.batch.escape import log_text
 from nst_core.batch.job_claims import CLOCK_SKEW
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.manifest import ManifestError, load_plan
 from nst_core.batch.roots import Roots
+from nst_core.batch.storage import StorageError
 from nst_core.engine.limits import Limits
 from nst_core.settings import Settings
 
@@ -74,12 +76,12 @@ def watch_inbox(
         try:
             claim_id = drop_box.claim_manifest(manifest, me)
             if claim_id is None:  # another watcher has it, or its batch is running
-                logger.info("%s: left alone: %s", manifest, _held_by(held.get(manifest)))
+                logger.info("%s: left alone: %s", log_text(manifest), _held_by(held.get(manifest)))
                 continue
             outcome = _start(manifest, claim_id, deployment, roots, limits, logger)
             (started if outcome == "started" else rejected).append(manifest)
         except Exception as exc:  # one bad file never stops the watcher
-            logger.error("%s: %s", manifest, exc)
+            logger.error("%s: %s", log_text(manifest), log_text(exc))
     return {"started": started, "rejected": rejected, "settled": settled}
 
 
@@ -95,7 +97,19 @@ def _start(
         plan = load_plan(manifest, roots=roots, limits=limits)
     except ManifestError as exc:
         drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems}, claim_id)
-        logger.warning("%s: invalid, filed in failed/ (%d problems)", manifest, len(exc.problems))
+        logger.warning(
+            "%s: invalid, filed in failed/ (%d problems)", log_text(manifest), len(exc.problems)
+        )
+        return "rejected"
+    except Exception as exc:
+        if isinstance(exc, StorageError) and exc.transient:
+            raise  # S3 unreachable: the claim goes stale and a later tick tries again
+        # Validation itself failed (a bug): kept in the inbox, the manifest's claim would go
+        # stale, be released and fail the same way every ten minutes, and its writer would
+        # never hear why. Filed with the error, it is answered like any invalid manifest.
+        problem = f"{manifest}: validation failed unexpectedly ({type(exc).__name__}: {exc})"
+        drop_box.file_away(manifest, drop_box.FAILED, {"errors": [problem]}, claim_id)
+        logger.error("%s; filed in failed/", log_text(problem))
         return "rejected"
     # Called from a sync flow, run_deployment returns the run, not a coroutine.
     run = cast(
@@ -116,7 +130,9 @@ def _start(
         ),
     )
     drop_box.record_run(manifest, str(run.id), run.name, plan.output)
-    logger.info("%s: %s started as %s (%s)", manifest, plan.summary(), run.name, deployment)
+    logger.info(
+        "%s: %s started as %s (%s)", log_text(manifest), plan.summary(), run.name, deployment
+    )
     return "started"
 
 
@@ -137,7 +153,7 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
     held: dict[str, drop_box.InboxClaim] = {}
     claims, foreign = drop_box.list_inbox_claims(inbox_uri)
     for line in foreign:
-        logger.warning("%s", line)
+        logger.warning("%s", log_text(line))
     now = datetime.now(UTC)
     with get_client(sync_client=True) as client:
         for claim in claims:
@@ -149,7 +165,7 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
                         logger.warning(
                             "%s: claimed by %r at %s, in the future beyond the clock skew "
                             "allowance (%s); released",
-                            claim.uri,
+                            log_text(claim.uri),
                             claim.owner[:80],
                             claim.claimed_at.isoformat(),
                             CLOCK_SKEW,
@@ -158,7 +174,7 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
                     elif now - claim.claimed_at > STALE_CLAIM:
                         logger.warning(
                             "%s: claimed at %s and never started (its watcher died?); released",
-                            claim.uri,
+                            log_text(claim.uri),
                             claim.claimed_at.isoformat(),
                         )
                         drop_box.release_manifest(claim.manifest)
@@ -174,9 +190,11 @@ def _settle(inbox_uri: str, logger: RunLogger) -> tuple[list[str], dict[str, dro
                     claim.manifest, outcome, _run_details(claim, run), claim.claim_id
                 )
                 settled.append(claim.manifest)
-                logger.info("%s: %s, filed in %s/", claim.manifest, run.state.name, outcome)
+                logger.info(
+                    "%s: %s, filed in %s/", log_text(claim.manifest), run.state.name, outcome
+                )
             except Exception as exc:  # one bad claim never stops the watcher
-                logger.error("%s: cannot settle its claim: %s", claim.uri, exc)
+                logger.error("%s: cannot settle its claim: %s", log_text(claim.uri), log_text(exc))
                 held[claim.manifest] = claim
     return settled, held
 

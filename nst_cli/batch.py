@@ -66,6 +66,12 @@ def run(
             "--shards needs a Prefect server whose workers run the adhoc deployment: "
             "set PREFECT_API_URL (see `make up`)"
         )
+    if embedded:
+        from flows import embedded as embedded_server
+
+        # The server Prefect starts for this run ends with this process, however it ends
+        # (SIGKILL included), and is the only one whose device slots the flow may reset.
+        embedded_server.install()
     from flows.batch import stylize_batch
 
     state = stylize_batch(
@@ -81,7 +87,6 @@ def run(
         manifest_sha256=plan.sha256,
         # Unset, the flow's own default applies: one place says how long a batch may take.
         **({"shard_timeout_s": shard_timeout} if shard_timeout else {}),
-        embedded_server=embedded,
         return_state=True,
     )
     if not state.is_completed():

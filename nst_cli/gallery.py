@@ -1,6 +1,6 @@
 """`nst gallery RUN_FOLDER`: where a run's gallery page is (written first when the run has
-none, as runs from before pages have), and with --serve, the batch's output folder served
-read-only on 127.0.0.1 so a private bucket's run can be browsed.
+none, as runs from before pages have), and with --serve, the page and the files it links
+served read-only on 127.0.0.1 so a private bucket's run can be browsed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def gallery(
         help="A run folder, OUTPUT/_runs/NAME (local or s3://), or a manifest: its latest run.",
     ),
     serve: bool = typer.Option(
-        False, "--serve", help="Serve the batch's output folder read-only on 127.0.0.1."
+        False,
+        "--serve",
+        help="Serve the page and the files it links, read-only, on 127.0.0.1.",
     ),
     port: int = typer.Option(
         0, "--port", min=0, max=65535, help="Port for --serve [a free one, picked]."
@@ -64,7 +66,7 @@ def _serve(base: str, run: str, port: int) -> None:
             f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); "
             "pick another port or leave --port out"
         ) from None
-    typer.echo(f"serving {base} read-only at {server.url} (Ctrl-C stops)")
+    typer.echo(f"serving the gallery of {run} from {base} read-only at {server.url} (Ctrl-C stops)")
     typer.echo(f"open:    {server.page_url}")
     sys.stdout.flush()  # a caller reading our stdout through a pipe needs the URL now
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from nst_cli.options import settings
+from nst_core.engine.params import MAX_WEIGHT
 from nst_core.errors import ParamsError
 
 # `nst stylize` options given as comma-separated lists.
@@ -42,8 +43,14 @@ def _parse_blend(weights: str | None, count: int) -> list[float] | None:
         ) from None
     if len(parsed) != count:
         raise ParamsError([f"--style-weights: {len(parsed)} weights for {count} style images"])
-    if any(w < 0 for w in parsed) or sum(parsed) <= 0:
-        raise ParamsError(["--style-weights: weights must be >= 0 and not all zero"])
+    # `not 0 <= w` also holds for NaN, which no comparison is true of.
+    if any(not 0 <= w <= MAX_WEIGHT for w in parsed) or sum(parsed) <= 0:
+        raise ParamsError(
+            [
+                f"--style-weights: each weight is a number from 0 to {MAX_WEIGHT:g}, not all "
+                f"zero; got {weights!r}"
+            ]
+        )
     return parsed
 
 

@@ -27,10 +27,16 @@ DEFAULT_BATCH_TIMEOUT_S = 24 * 3600.0  # a flow waits this long for its units, o
 class Settings(BaseModel):
     """What the environment may set. Field `x` is the variable `NST_X`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # A bound of `inf` or `nan` is no bound, and later arithmetic on it overflows.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     max_input_mb: float = Field(
         Limits.max_input_mb, gt=0, description="Largest content or style object, MB."
+    )
+    max_input_megapixels: float = Field(
+        Limits.max_input_megapixels,
+        gt=0,
+        description="Most decoded pixels of one content or style, megapixels.",
     )
     max_blend_styles: int = Field(Limits.max_blend_styles, gt=0, description="Styles in one blend.")
     max_scales: int = Field(Limits.max_scales, gt=0, description="Entries of `scales`.")

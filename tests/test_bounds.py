@@ -10,7 +10,7 @@ import yaml
 from cli_runner import run_cli
 from imagegen import TINY_MANIFEST, job_for, job_records, png_bytes, scene, stripes, write_batch
 
-from nst_core.batch import runner, storage, units
+from nst_core.batch import memory_model, runner, storage
 from nst_core.engine.params import StyleParams
 from nst_core.settings import Settings
 
@@ -152,12 +152,14 @@ def test_validate_counts_pairs_that_ask_for_the_same_job(area, capsys):
 
 def test_the_memory_estimate_counts_blends_and_style_scale():
     params = StyleParams(size=512)
-    one = units.estimate_bytes(512, 512, params)
-    assert units.estimate_bytes(512, 512, params, styles=3) - one == 2 * units.gram_bytes(params)
-    assert units.gram_bytes(params) == 4 * (64**2 + 128**2 + 256**2 + 512**2 + 512**2)
+    one = memory_model.estimate_bytes(512, 512, params)
+    assert memory_model.estimate_bytes(
+        512, 512, params, styles=3
+    ) - one == 2 * memory_model.gram_bytes(params)
+    assert memory_model.gram_bytes(params) == 4 * (64**2 + 128**2 + 256**2 + 512**2 + 512**2)
     scaled = StyleParams(size=512, style_scale=4)
     # A 2048 px style pass outweighs the 512 px optimisation.
-    assert units.estimate_bytes(512, 512, scaled) > 2 * one
+    assert memory_model.estimate_bytes(512, 512, scaled) > 2 * one
 
 
 def test_a_job_that_cannot_fit_fails_alone_before_any_optimisation(
@@ -196,21 +198,71 @@ def test_a_job_that_cannot_fit_fails_alone_before_any_optimisation(
     )
 
 
-def test_credentials_in_an_endpoint_url_are_never_printed(capsys, monkeypatch):
+def _closed_port() -> int:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://alice:hunter2@127.0.0.1:{port}")
+        return sock.getsockname()[1]
+
+
+def _validate_against(endpoint: str, capsys, monkeypatch) -> tuple[int, str, str]:
+    """`nst validate s3://bucket/m.yaml` with AWS_ENDPOINT_URL=endpoint, tried once."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("NST_S3_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("NST_S3_CONNECT_TIMEOUT", "1")
     storage.reset_clients()
     try:
-        code, out, err = run_cli(["validate", "s3://bucket/m.yaml"], capsys)
+        return run_cli(["validate", "s3://bucket/m.yaml"], capsys)
     finally:
         storage.reset_clients()
+
+
+def test_credentials_in_an_endpoint_url_are_never_printed(capsys, monkeypatch):
+    port = _closed_port()
+    code, out, err = _validate_against(
+        f"http://alice:hunter2@127.0.0.1:{port}/tenant/x", capsys, monkeypatch
+    )
     assert code == 2 and "cannot reach the S3 endpoint" in err, err
     assert "hunter2" not in err + out and "alice" not in err + out
-    assert "***@127.0.0.1" in err
-    assert storage.redact("see https://u:p@h/x and s3://b/k") == "see https://***@h/x and s3://b/k"
+    assert "tenant" not in err  # the path, which may hold a secret too
+    assert f'"http://127.0.0.1:{port}"' in err  # scheme, host and port only
+
+
+def test_secrets_in_an_endpoint_query_or_path_are_never_printed(capsys, monkeypatch):
+    port = _closed_port()
+    code, out, err = _validate_against(
+        f"http://alice:hunter2@127.0.0.1:{port}/p/SECRET1/?sig=SECRET2", capsys, monkeypatch
+    )
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert f"AWS_ENDPOINT_URL (http://127.0.0.1:{port}) has a query" in lines[0]
+    for secret in ("SECRET", "sig=", "alice", "hunter2", "/p/"):
+        assert secret not in err + out, secret
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["not a URL: SECRET", "ftp://alice:SECRET@127.0.0.1:1", "http://alice:SECRET@bad_host:1/"],
+)
+def test_an_unusable_endpoint_is_one_line_without_its_secrets(endpoint, capsys, monkeypatch):
+    code, out, err = _validate_against(endpoint, capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "error: s3://bucket/m.yaml: AWS_ENDPOINT_URL" in err
+    assert "SECRET" not in err + out and "alice" not in err + out and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("see https://u:p@h/x and s3://b/k", "see https://h and s3://b/k"),
+        ('URL: "http://a:b@127.0.0.1:1/p/k?sig=S"', 'URL: "http://127.0.0.1:1"'),
+        ("`HTTPS://[::1]:9000/t#frag`", "`https://[::1]:9000`"),
+        ("http://a:pass/word@h:1/k", "http://h:1"),  # a raw "/" in the password
+        ("http://h:1/?next=u@SECRET", "http://***"),  # an @ past the query: host unclear
+        ("ftp://u:p@h/x", "ftp://***@h/x"),
+    ],
+)
+def test_redact_shows_an_http_url_as_scheme_host_and_port(text, shown):
+    assert storage.redact(text) == shown

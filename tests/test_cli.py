@@ -102,6 +102,9 @@ BAD_OPTIONS = {
     "negative weight": (["--style-weight", "-5"], ["--style-weight", "greater than or equal"]),
     "non-numeric weight": (["--content-weight", "abc"], ["--content-weight", "'abc'"]),
     "bad blend": (["--style-weights", "1,2"], ["--style-weights", "2 weights for 1 style"]),
+    "infinite blend": (["--style-weights", "inf"], ["--style-weights", "from 0 to 1e+09"]),
+    "nan blend": (["--style-weights", "nan"], ["--style-weights", "not all zero; got 'nan'"]),
+    "infinite weight": (["--content-weight", "1e999"], ["--content-weight", "finite"]),
     "bad optimizer": (["--optimizer", "sgd"], ["--optimizer", "'lbfgs' or 'adam'"]),
     "bad device": (["--device", "tpu"], ["--device", "cuda:N"]),
     "layer weights count": (["--style-layer-weights", "1,2"], ["style_layer_weights has 2"]),
@@ -181,8 +184,9 @@ def assert_one_line_error(code, err, expected_parts):
 def test_nst_run_gives_the_embedded_server_its_startup_time(tmp_path, spawn):
     """Prefect reads its settings when it is first imported: `nst run` (nst_cli/app.py) must set
     the embedded server's startup timeout (120 s, not Prefect's 20 s, which a busy 2-core
-    machine overran) before anything imports Prefect, and tell the flow it runs on that
-    server. The flow is a stand-in that reports the settings and the flag it runs under."""
+    machine overran) before anything imports Prefect, and make that server its own (one that
+    ends with it: flows/embedded.py). The flow is a stand-in that reports the settings it runs
+    under and whether the embedded server was installed."""
     from imagegen import TINY_MANIFEST, write_batch
 
     uri = write_batch(str(tmp_path), TINY_MANIFEST)
@@ -193,7 +197,8 @@ def stand_in(**kwargs):
     settings = get_current_settings()
     print("timeout", settings.server.ephemeral.startup_timeout_seconds)
     print("analytics", settings.server.analytics_enabled)
-    print("embedded", kwargs["embedded_server"])
+    from flows import embedded
+    print("embedded", embedded._installed is not None)
     raise SystemExit(0)
 sys.modules["flows.batch"] = types.SimpleNamespace(stylize_batch=stand_in)
 from nst_cli import app as cli
@@ -232,14 +237,17 @@ SHALLOW = ["--content-layers", "relu3_1", "--style-layers", "relu1_1,relu2_1,rel
 def test_stylize_runs_in_tiles_what_the_memory_budget_cannot_hold_whole(
     image_files, tmp_path, capsys, monkeypatch
 ):
-    from nst_core.batch import units
+    from nst_core.batch import memory_model
     from nst_core.engine.params import StyleParams
 
     content, style = image_files
     params = StyleParams(
         size=96, content_layers=("relu3_1",), style_layers=("relu1_1", "relu2_1", "relu3_1")
     )
-    whole, tiled = units.estimate_bytes(96, 72, params), units.tiled_bytes(96, 72, params, 32)
+    whole, tiled = (
+        memory_model.estimate_bytes(96, 72, params),
+        memory_model.tiled_bytes(96, 72, params, 32),
+    )
     assert tiled < whole
     budget = (tiled + whole) / 2
     monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str(budget / 2**30))
@@ -250,7 +258,7 @@ def test_stylize_runs_in_tiles_what_the_memory_budget_cannot_hold_whole(
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["params"]["tile"] == "auto"  # as asked; the planner's choice apart:
     tile = record["execution"]["tile"]
-    assert isinstance(tile, int) and units.tiled_bytes(96, 72, params, tile) <= budget
+    assert isinstance(tile, int) and memory_model.tiled_bytes(96, 72, params, tile) <= budget
     assert record["tiling"][0]["tile"] == tile and record["tiling"][0]["tiles"] > 1
 
 
@@ -263,3 +271,13 @@ def test_stylize_refuses_before_any_work_what_fits_not_even_in_tiles(
     code, _, err = run_cli(["stylize", content, style, "-o", out, *FAST], capsys)
     assert_one_line_error(code, err, [str(content), "even alone and in tiles", "0.01 GB"])
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999"])
+def test_a_setting_must_be_a_finite_number(value, monkeypatch):
+    from nst_core.errors import NstError
+    from nst_core.settings import Settings
+
+    monkeypatch.setenv("NST_MAX_INPUT_MB", value)
+    with pytest.raises(NstError, match="NST_MAX_INPUT_MB"):
+        Settings.from_env()

@@ -236,10 +236,10 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
 ):
     """A budget that fits two jobs per unit, and a device that in fact holds only one: every
     unit runs out of memory once, is split, and every job completes at batch size 1."""
-    from nst_core.batch import runner, units
+    from nst_core.batch import memory_model, runner
     from nst_core.engine.params import StyleParams
 
-    two_jobs = 2 * units.estimate_bytes(40, 30, StyleParams(size=40))
+    two_jobs = 2 * memory_model.estimate_bytes(40, 30, StyleParams(size=40))
     monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str((two_jobs + 1) / 1024**3))
     real, batch_sizes = runner.stylize_pairs, []
 

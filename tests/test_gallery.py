@@ -4,6 +4,7 @@ is browsed through `nst gallery --serve` and, copied to local disk, from file://
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import queue
@@ -16,6 +17,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 from imagegen import write_batch
@@ -24,7 +26,7 @@ from bench.gallery import CHROMIUM, CHROMIUM_ARGS, synthetic_run
 from nst_core.batch import storage
 from nst_core.batch.gallery import write_gallery
 from nst_core.batch.gallery_server import GalleryServer, resolve
-from nst_core.batch.layout import RunLayout
+from nst_core.batch.layout import RUNS, THUMBS, RunLayout
 
 # 2 contents x 2 styles as explicit pairs; b x s2 asks for 3000 px without tiles, which no
 # CPU budget holds, so it fails alone before any optimisation (quickly, and every time).
@@ -277,30 +279,48 @@ def test_untrusted_names_and_errors_render_as_text(browser, tmp_path, policy):
     page.close()
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A GalleryServer on tmp_path/out in a thread, beside a secret it must never give."""
-    out = tmp_path / "out"
-    (out / "_runs" / "r1").mkdir(parents=True)
-    (out / "_runs" / "r1" / "index.html").write_text("<p>page</p>")
-    (out / "a.png").write_bytes(b"\x89PNG fake")
-    (tmp_path / "secret.txt").write_text("secret")
-    (out / "link.txt").symlink_to(tmp_path / "secret.txt")
-    server = GalleryServer(str(out), "_runs/r1/index.html")
+@contextlib.contextmanager
+def serving(root: str, page: str):
+    """A GalleryServer on `root` in a thread; `request(method, path)` asks it, with the Host
+    header http.client sends (127.0.0.1:PORT) unless `host` is given or `no_host` says none."""
+    server = GalleryServer(root, page)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
+    port = server.server_address[1]
 
-    def request(method: str, path: str):
-        connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
-        connection.request(method, path)
+    def request(method: str, path: str, host: str | None = None, no_host: bool = False):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        if no_host:
+            connection.putrequest(method, path, skip_host=True)
+            connection.endheaders()
+        else:
+            connection.request(method, path, headers={"Host": host} if host is not None else {})
         response = connection.getresponse()
         body = response.read()
         connection.close()
         return response, body
 
-    yield SimpleNamespace(request=request, root=str(out))
-    server.shutdown()
-    server.server_close()
+    try:
+        yield SimpleNamespace(request=request, root=root, port=port, server=server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A GalleryServer on tmp_path/out, whose page links a.png and a symbolic link out of the
+    folder, beside a secret it must never give."""
+    out = tmp_path / "out"
+    (out / "_runs" / "r1").mkdir(parents=True)
+    (out / "_runs" / "r1" / "index.html").write_text(
+        '<a href="../../a.png">a</a> <img src="../../link.txt">'
+    )
+    (out / "a.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "secret.txt").write_text("secret")
+    (out / "link.txt").symlink_to(tmp_path / "secret.txt")
+    with serving(str(out), "_runs/r1/index.html") as server:
+        yield server
 
 
 @pytest.mark.parametrize(
@@ -317,7 +337,8 @@ def served(tmp_path):
     ],
 )
 def test_the_server_refuses_paths_outside_its_folder(served, path):
-    response, body = served.request("GET", path)
+    # Its own Host header: http.client would send example.com's for the absolute form.
+    response, body = served.request("GET", path, host=f"127.0.0.1:{served.port}")
     assert response.status == 403 and b"secret" not in body
 
 
@@ -337,6 +358,77 @@ def test_the_server_answers_get_and_head_only(served):
         response, _ = served.request(method, "/a.png")
         assert (response.status, response.getheader("Allow")) == (405, "GET, HEAD")
     assert (Path(served.root) / "a.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_the_server_listens_on_loopback_only(served):
+    assert served.server.server_address[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "attacker.example:{port}",  # DNS rebinding: the attacker's name, now at 127.0.0.1
+        "attacker.example",
+        "localhost.attacker.example:{port}",
+        "localhost",  # the default port, not this one
+        "127.0.0.1:1",
+        "",
+        None,  # no Host header at all
+    ],
+)
+def test_a_request_naming_another_host_gets_no_content(served, host):
+    for path in ("/a.png", "/", "/_runs/r1/index.html"):
+        if host is None:
+            response, body = served.request("GET", path, no_host=True)
+        else:
+            response, body = served.request("GET", path, host=host.format(port=served.port))
+        assert response.status == 421, (host, path)
+        assert response.getheader("Location") is None
+        assert b"PNG fake" not in body and b"../../a.png" not in body
+        assert f"http://localhost:{served.port}/".encode() in body  # says what it answers
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LocalHost:{port}"])
+def test_the_bound_address_and_localhost_are_answered(served, host):
+    response, body = served.request("GET", "/a.png", host=host.format(port=served.port))
+    assert (response.status, body) == (200, b"\x89PNG fake")
+
+
+def test_the_server_gives_the_files_the_page_links_and_nothing_else(tmp_path):
+    """Each file the page links (its run files, thumbnails, outputs and records) is served,
+    with its bytes; the rest of the output folder is not, however it is named."""
+    layout, summary = synthetic_run(
+        str(tmp_path), ["a.png", "b c%.png"], ["s 1.png"], failed=[(1, 0)]
+    )
+    write_gallery(layout, summary)
+    run = summary.run
+    run_files = [layout.summary(run), layout.report(run), layout.contact_sheet(run)]
+    for uri in [*run_files, layout.loss_plot(run)]:
+        storage.write_bytes(uri, f"the run's {storage.name(uri)}".encode())
+    done = [e for e in summary.jobs if e.status == "completed"]
+    failed = [e for e in summary.jobs if e.status == "failed"]
+    assert len(done) == len(failed) == 1
+    linked = [layout.gallery(run), *run_files, layout.loss_plot(run), done[0].output]
+    linked += [e.record for e in summary.jobs] + [str(p) for p in Path(layout.thumbs).iterdir()]
+    assert len(linked) == 5 + 1 + 2 + 4  # page and run files, output, records, thumbnails
+    unlinked = {
+        "payroll.csv": b"name,salary\nalice,1",
+        storage.name(failed[0].output): b"an output no record of the run vouches for",
+        f"{RUNS}/{run}/notes.txt": b"beside the run files",
+        f"{RUNS}/another-run/summary.json": b"another run's",
+        f"{RUNS}/{THUMBS}/{'0' * 20}.8x8.jpg": b"a thumbnail this page does not show",
+        "_claims/k.1.json": b"a claim",
+    }
+    for name, data in unlinked.items():
+        storage.write_bytes(f"{layout.base}/{name}", data)
+    with serving(layout.base, f"{RUNS}/{run}/index.html") as server:
+        for uri in linked:
+            response, body = server.request("GET", "/" + quote(uri[len(layout.base) + 1 :]))
+            assert (response.status, body) == (200, Path(uri).read_bytes()), uri
+        for name, data in unlinked.items():
+            for method in ("GET", "HEAD"):
+                response, body = server.request(method, "/" + quote(name))
+                assert response.status == 404 and data not in body, name
 
 
 def test_resolve_keeps_s3_keys_inside_the_prefix():

@@ -1,5 +1,7 @@
 """Running one work unit without Prefect: isolation, out-of-memory splitting, write order."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from imagegen import is_done, job_for, png_bytes, scene, stripes
@@ -105,3 +107,25 @@ def test_a_retried_unit_skips_what_it_already_wrote(tmp_path):
     runner.run_unit(unit[:1], "cpu")
     outcomes = runner.run_unit(unit, "cpu")
     assert [o.status for o in outcomes] == ["skipped", "completed"]
+
+
+def test_a_job_whose_losses_leave_the_finite_numbers_fails_alone_with_no_image(
+    tmp_path, monkeypatch
+):
+    unit = make_jobs(tmp_path, {"a.png": png_bytes(scene(seed=1)), "b.png": png_bytes(scene())})
+    real = runner.stylize_pairs
+
+    def first_diverges(pairs, **kwargs):
+        results = real(pairs, **kwargs)
+        final = results[0].final.model_copy(update={"total": float("inf")})
+        return [replace(results[0], final=final), *results[1:]]
+
+    monkeypatch.setattr(runner, "stylize_pairs", first_diverges)
+    outcomes = runner.run_unit(unit, "cpu")
+    assert [o.status for o in outcomes] == ["failed", "completed"]
+    assert outcomes[0].error == (
+        "the losses did not stay finite (inf); lower content_weight, style_weight or tv_weight"
+    )
+    assert not storage.exists(unit[0].output)  # no image without its record
+    assert records.read_record(unit[0].record).status == "failed"
+    assert is_done(unit[1])

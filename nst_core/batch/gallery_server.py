@@ -1,11 +1,17 @@
-"""`nst gallery --serve`: a batch's output folder or prefix served read-only on 127.0.0.1.
+"""`nst gallery --serve`: one run's gallery page served read-only on 127.0.0.1.
 
-The gallery's links are relative and stay inside the output folder, so serving that folder
-at "/" is all a browser needs; files are read through the storage layer, so a private
-bucket's run can be browsed with the caller's own credentials and no presigned URL. Only GET
-and HEAD are answered; a path that is not plainly inside the folder (`..` or `.` segments,
-encoded separators or dots, backslashes, control characters, a link out of a local folder)
-is refused before anything is read.
+The gallery's links are relative and stay inside the output folder, so that folder is
+served at "/"; files are read through the storage layer, so a private bucket's run can be
+browsed with the caller's own credentials and no presigned URL. What is answered:
+
+- only requests whose Host header names this server (127.0.0.1:PORT or localhost:PORT):
+  a site whose name its owner points at 127.0.0.1 (DNS rebinding) gets nothing;
+- only GET and HEAD;
+- only the page and the files it links (gallery_links.py reads them from the page when the
+  server starts): other objects under the output folder are not found;
+- and before that, a path not plainly inside the folder (`..` or `.` segments, encoded
+  separators or dots, backslashes, control characters, a link out of a local folder) is
+  refused before anything is read.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
 
 from nst_core.batch import storage
+from nst_core.batch.gallery_links import page_links
 
 HOST = "127.0.0.1"
 # Encoded "/", "\", "." or NUL: decoding them would let one segment name another folder.
@@ -46,14 +53,19 @@ def resolve(root: str, target: str) -> str | None:
 
 
 class GalleryServer(ThreadingHTTPServer):
-    """Serves `root` (an output folder or s3:// prefix); "/" redirects to `page`, a path
-    relative to `root`."""
+    """Serves the gallery page `page` (a path relative to `root`, an output folder or s3://
+    prefix) and the files it links; "/" redirects to the page."""
 
     daemon_threads = True
 
     def __init__(self, root: str, page: str, port: int = 0):
         self.root, self.page = root.rstrip("/"), page
+        # Read before listening: a page that cannot be read leaves no socket behind.
+        html = storage.read_bytes(f"{self.root}/{page}").decode("utf-8", errors="replace")
+        self.linked = frozenset(f"{self.root}/{path}" for path in page_links(html, page))
         super().__init__((HOST, port), _Handler)
+        bound = self.server_address[1]
+        self.hosts = frozenset({f"{HOST}:{bound}", f"localhost:{bound}"})
 
     @property
     def url(self) -> str:
@@ -83,6 +95,14 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
 
     def _answer(self, *, with_body: bool) -> None:
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or hosts[0].strip().lower() not in self.server.hosts:
+            self.send_error(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"this server answers only {self.server.url} and "
+                f"http://localhost:{self.server.server_address[1]}/",
+            )
+            return
         if urlsplit(self.path).path == "/":
             self.send_response(HTTPStatus.FOUND)
             self.send_header("Location", "/" + quote(self.server.page))
@@ -92,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
         uri = resolve(self.server.root, self.path)
         if uri is None:
             self.send_error(HTTPStatus.FORBIDDEN, "outside the served folder")
+            return
+        if uri not in self.server.linked:
+            self.send_error(HTTPStatus.NOT_FOUND, "not linked from the gallery page")
             return
         try:
             size = storage.size_if_exists(uri)

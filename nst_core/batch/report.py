@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from nst_core.batch import storage
+from nst_core.batch.escape import markdown_code, markdown_text
 from nst_core.batch.layout import RunLayout
 from nst_core.batch.records import JobEntry, Summary
 from nst_core.batch.thumbnails import read_thumbnail
@@ -37,12 +38,13 @@ PALETTE = [
 
 
 def markdown_report(summary: Summary, layout: RunLayout | None = None) -> str:
-    """The run as Markdown; with the batch's `layout`, it says where the gallery page is."""
+    """The run as Markdown; with the batch's `layout`, it says where the gallery page is.
+    Every name, URI and error in it is escaped: Prefect's UI renders it, links and HTML too."""
     totals = summary.totals
     lines = [
-        f"# Style transfer run `{summary.run}`",
+        f"# Style transfer run {markdown_code(summary.run)}",
         "",
-        f"Manifest: `{summary.manifest}`",
+        f"Manifest: {markdown_code(summary.manifest)}",
         "",
         *([gallery_note(layout, summary.run), ""] if layout else []),
         f"**{totals.line()}** of {totals.jobs} jobs in {totals.wall_seconds:.1f} s "
@@ -56,9 +58,9 @@ def markdown_report(summary: Summary, layout: RunLayout | None = None) -> str:
         seconds = f"{entry.seconds:.1f}" if entry.seconds is not None else ""
         where = entry.error if entry.status == "failed" else entry.output
         lines.append(
-            f"| {_md(entry.label)} | {entry.status} | {seconds} | "
+            f"| {markdown_text(entry.label)} | {entry.status} | {seconds} | "
             f"{_num(losses and losses.total)} | {_num(losses and losses.style)} | "
-            f"{_num(losses and losses.content)} | {_md(str(where))} |"
+            f"{_num(losses and losses.content)} | {markdown_text(where)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -69,13 +71,9 @@ def gallery_note(layout: RunLayout, run: str) -> str:
     folder = layout.run_folder(run)
     opened = "" if storage.is_s3(folder) else ", or open it from disk"
     return (
-        f"Gallery: `{layout.gallery(run)}`; browse it with "
-        f"`nst gallery {shlex.quote(folder)} --serve`{opened}."
+        f"Gallery: {markdown_code(layout.gallery(run))}; browse it with "
+        f"{markdown_code(f'nst gallery {shlex.quote(folder)} --serve')}{opened}."
     )
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _num(value: object) -> str:

@@ -136,7 +136,7 @@ def _claim_and_load(unit: list[Job], held: JobClaims | _Unclaimed, run: _UnitRun
             for folder in dict.fromkeys(job_claims_folder(job) for job in unit)
             for key, gens in generations(folder).items()
         }
-    inputs = UnitInputs(options.settings.limits.max_input_bytes)
+    inputs = UnitInputs(options.settings.limits)
     loaded: list[_Loaded] = []
     for job in unit:
         if not held.take(job, seen):
@@ -196,6 +196,14 @@ class _UnitRun:
             return
         seconds = (time.perf_counter() - started) / len(loaded)
         for (job, _, read_s), result in zip(loaded, results, strict=True):
+            if not result.final.finite():
+                # No image without its record, and a record holds only finite numbers.
+                why = (
+                    f"the losses did not stay finite ({result.final.total:g}); lower "
+                    "content_weight, style_weight or tv_weight"
+                )
+                self.finish(self.fail(job, why, seconds))
+                continue
             try:
                 record = _write(job, result, read_s, seconds, self.options.unit)
             except storage.StorageError as exc:

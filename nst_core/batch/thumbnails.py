@@ -42,7 +42,7 @@ def read_thumbnail(uri: str, box: int) -> Image.Image | None:
     from nst_core.engine.images import decode_image  # torch: only when an image is read
 
     try:
-        image = decode_image(storage.read_bytes(uri), uri)
+        image = decode_image(storage.read_bytes(uri), uri, longest=box)
     except (storage.StorageError, ValueError):  # ImageError is a ValueError
         return None
     image.thumbnail((box, box), Image.Resampling.LANCZOS)

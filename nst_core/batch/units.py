@@ -1,8 +1,5 @@
-"""Work units: jobs grouped by what can be optimised together, sized to fit one device's memory.
-
-The memory model is per output pixel per pair: activations kept for the backward pass of
-VGG19 up to relu5_1, their gradients, and L-BFGS's curvature history. bench/ checks it
-against measured peaks; the budget is a setting because a device is often shared.
+"""Work units: jobs grouped by what can be optimised together, sized to fit one device's memory
+(memory_model.py); the budget is a setting because a device is often shared.
 """
 
 from __future__ import annotations
@@ -11,110 +8,28 @@ import os
 from collections import defaultdict
 from dataclasses import replace
 
+from nst_core.batch import memory_model
 from nst_core.batch.jobs import Job
-from nst_core.engine.execution import Execution
+from nst_core.batch.memory_model import (
+    estimate_bytes,
+    history_bytes_per_pixel,
+    lbfgs_history_bytes_per_pixel,
+    tiled_bytes,
+    tiling_for,
+)
+from nst_core.batch.unit_inputs import decoded_sides
 from nst_core.engine.images import fit_size
-from nst_core.engine.layers import channels, pools_through
-from nst_core.engine.params import StyleParams, network_layers
-from nst_core.engine.tiles import Tiling
+from nst_core.engine.params import StyleParams
 
-# Bytes per output pixel per pair for the network's activations and gradients, by precision.
-# fp32: fitted to peaks measured on the CPU (bench/memory.py, BENCHMARKS.md: 128-1024 px,
-# batches 1-16); on an H200 it over-predicts by 16-19%. bf16: measured on an H200, within
-# 7% from 256 px up.
-NETWORK_BYTES_PER_PIXEL = {"fp32": 3_500, "bf16": 2_300}
-# Per batch, whatever its size: the network's weights in use, the style targets and the
-# library workspaces. Dominant only for small batches (128 px x 1 measured 63 MB on the
-# H200 and 67-70 MB on the CPU, against 33 and 47 MB from the per-pixel terms alone).
-FIXED_BYTES = 20 * 2**20
-# A style image's forward pass (no gradient) while its Grams are computed, per pixel of the
-# style image: 1,051 B/px at 512 px and 771 B/px at 1024 px measured on the CPU (fp32,
-# AMD EPYC, features of five style layers kept). It runs before the optimisation, so it
-# counts only when it is larger than the optimisation's own peak (a large style_scale).
-STYLE_FORWARD_BYTES_PER_PIXEL = 1_100
 DEFAULT_CPU_BUDGET_GB = 4.0
 MAX_UNIT_JOBS = 16
 
 
-def gram_bytes(params: StyleParams) -> int:
-    """The fp32 Gram matrices of one style image: C x C per style layer."""
-    return sum(channels(layer) ** 2 * 4 for layer in params.style_layers)
-
-
-def estimate_bytes(
-    width: int,
-    height: int,
-    params: StyleParams,
-    *,
-    pairs: int = 1,
-    styles: int = 1,
-    history_on: str | None = None,
-) -> int:
-    """Peak memory of `pairs` optimised together at (width, height), each blending `styles`
-    styles; `auto` precision counts as fp32. `history_on` is where L-BFGS's history lives (by
-    default where `params` ask).
-
-    The planner sizes units with the one-pair figure per pair, so it counts the fixed
-    part once per pair: on the safe side, and only noticeably so for tiny images.
-    """
-    per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
-    if params.optimizer == "lbfgs":
-        # x, g, d and trial buffers, and the history when it is on the device.
-        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params, history_on)
-    optimisation = width * height * per_pixel * pairs
-    style_side = max(width, height) * params.style_scale  # the style's aspect is unknown here
-    style_forward = int(style_side**2 * STYLE_FORWARD_BYTES_PER_PIXEL)
-    targets = gram_bytes(params) * styles * pairs  # every style's Grams stay cached
-    return FIXED_BYTES + max(optimisation, style_forward) + targets
-
-
-def tiled_bytes(
-    width: int,
-    height: int,
-    params: StyleParams,
-    tile: int,
-    *,
-    pairs: int = 1,
-    styles: int = 1,
-    history_on: str | None = None,
-) -> int:
-    """Peak memory of `pairs` at (width, height) run in tiles of `tile` pixels: the network
-    sees one tile and its halo at a time, while the whole image's state stays (the image, its
-    gradient and best point, L-BFGS's history, the content targets' feature maps)."""
-    crop = tiling_for(params, tile).largest_crop(height, width)
-    per_pixel = NETWORK_BYTES_PER_PIXEL["bf16" if params.precision == "bf16" else "fp32"]
-    network = crop * per_pixel * pairs
-    state = int(width * height * _state_bytes_per_pixel(params, history_on) * pairs)
-    style_side = max(width, height) * params.style_scale
-    style_forward = int(min(style_side**2, crop) * STYLE_FORWARD_BYTES_PER_PIXEL)
-    targets = gram_bytes(params) * styles * pairs
-    return FIXED_BYTES + max(network, style_forward) + state + targets
-
-
-def _state_bytes_per_pixel(params: StyleParams, history_on: str | None) -> float:
-    """What stays whole while tiles go through the network, per output pixel per pair."""
-    per_pixel = 3 * 3 * 4  # the point, its gradient, the best point: fp32 RGB
-    if params.optimizer == "lbfgs":
-        per_pixel += 6 * 3 * 4 + _history_bytes_per_pixel(params, history_on)
-    for layer in params.content_layers:
-        per_pixel += channels(layer) * 4 / 4 ** pools_through(layer)
-    return per_pixel
-
-
-def _history_bytes_per_pixel(params: StyleParams, history_on: str | None) -> int:
-    """L-BFGS's history on the device, per output pixel per pair."""
-    where = history_on or Execution.asked(params).history_on
-    return 0 if where == "host" else _lbfgs_history_bytes_per_pixel(params)
-
-
-def _lbfgs_history_bytes_per_pixel(params: StyleParams) -> int:
-    """L-BFGS's s and y history wherever it lives: 3 fp32 values per pixel each, per pair."""
-    return params.lbfgs_history * 2 * 3 * 4 if params.optimizer == "lbfgs" else 0
-
-
-def tiling_for(params: StyleParams, tile: int) -> Tiling:
-    """The tiles the engine uses for `params` at a tile size of `tile`."""
-    return Tiling.for_layers(tile, network_layers(params))
+def decode_bytes(job: Job) -> int:
+    """The most memory decoding one of `job`'s inputs holds at once (0 when no input's
+    size is known: such a job fails when it is read)."""
+    sides = decoded_sides(job)
+    return max((memory_model.decode_bytes(f.pixels, s) for f, s in sides if f.pixels), default=0)
 
 
 def job_bytes(job: Job) -> int | None:
@@ -203,15 +118,18 @@ def split_unfit(
             # On a CPU the host's memory is the device's: the history counts either way.
             job = replace(job, execution=replace(job.execution, history_on="device"))
         need = job_bytes(job)
-        if need is None or need <= budget_bytes:
+        # What the optimisation may use once the job's largest input has been decoded.
+        decode = decode_bytes(job)
+        budget = budget_bytes - decode
+        if need is None or need <= budget:
             fitting.append(job)
-        elif (planned := _fit(job, budget_bytes, host_history)) is not None:
+        elif (planned := _fit(job, budget, host_history)) is not None:
             fitting.append(planned)
         else:
             smallest = _smallest_tiles_bytes(job)
             if (hosted := _hosted(job, host_history)) is not None:
                 smallest = min(smallest, _smallest_tiles_bytes(hosted))
-            unfit.append((job, min(need, smallest)))
+            unfit.append((job, min(need, smallest) + decode))
     return fitting, unfit
 
 
@@ -234,7 +152,7 @@ def _hosted(job: Job, host_history: bool) -> Job | None:
     if not host_history or params.optimizer != "lbfgs" or params.lbfgs_history_on != "auto":
         return None
     size = output_size(job)
-    history = 0 if size is None else _lbfgs_history_bytes_per_pixel(params) * size[0] * size[1]
+    history = 0 if size is None else lbfgs_history_bytes_per_pixel(params) * size[0] * size[1]
     if history > host_memory_bytes() / 2:
         return None
     return replace(job, execution=replace(job.execution, history_on="host"))
@@ -263,11 +181,14 @@ def unfit_reason(job: Job, need: int, budget_bytes: int) -> str:
     how = "even alone" if job.params.tile == "off" else "even alone and in tiles"
     fix = "lower size or style_scale"
     size = output_size(job)
-    history = _history_bytes_per_pixel(job.params, job.execution.history_on)
+    history = history_bytes_per_pixel(job.params, job.execution.history_on)
     if size is not None and history * size[0] * size[1] > need / 2:
         fix += f", or a shorter lbfgs_history (now {job.params.lbfgs_history})"
     if job.params.tile == "off":
         fix += ", or let it run in tiles (tile: auto)"
+    decode = decode_bytes(job)
+    if decode > need / 2:
+        fix = f"downscale its largest input (decoding it takes about {decode / 2**30:,.2f} GB)"
     return (
         f"needs about {need / 2**30:,.2f} GB {how}, over the memory budget of "
         f"{budget_bytes / 2**30:,.2f} GB (NST_MEMORY_BUDGET_GB); {fix}"
@@ -278,8 +199,9 @@ def pack_units(
     jobs: list[Job], budget_bytes: int, max_jobs: int = MAX_UNIT_JOBS
 ) -> list[list[Job]]:
     """Group jobs that may be optimised together (same output size and `together_key`), then
-    chunk each group so that a unit's estimated peak stays within `budget_bytes` (at least one job;
-    `split_unfit` first sets aside the jobs that fit no unit).
+    chunk each group so that a unit's estimated peak, its largest input's decode included,
+    stays within `budget_bytes` (at least one job; `split_unfit` first sets aside the jobs
+    that fit no unit).
 
     Jobs whose content could not be read go alone: they will fail with their own reason.
     """
@@ -295,6 +217,7 @@ def pack_units(
     for members in groups.values():
         needs = [job_bytes(job) for job in members]
         per_pair = max(need for need in needs if need is not None)  # every member has a size
-        fit = max(1, min(max_jobs, budget_bytes // per_pair))
+        decode = max(decode_bytes(job) for job in members)
+        fit = max(1, min(max_jobs, (budget_bytes - decode) // per_pair))
         units.extend(members[i : i + fit] for i in range(0, len(members), fit))
     return units + alone

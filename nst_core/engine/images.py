@@ -1,8 +1,12 @@
 """Decode, resize and encode images; colour-space helpers for colour preservation.
 
 Decoding accepts what photo folders really hold (CMYK, 16-bit, greyscale, palette, alpha,
-EXIF-rotated, animated) and turns everything else into one clear ImageError. Pillow's
-decompression-bomb limit stays on: a huge declared size is refused before it is decoded.
+EXIF-rotated, animated, colour-managed) and turns everything else into one clear ImageError.
+Only photo formats reach a decoder: Pillow knows PostScript (through Ghostscript), PDF, PSD
+and more, and an input from a bucket is untrusted. An input's pixels are bounded from its
+header before it is decoded, and a large photo for a small output is shrunk while it is
+decoded (JPEG's DCT scaling, then an integer box reduction), so its full-size pixels are
+held once at most, never beside copies of themselves.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from nst_core.engine.limits import Limits
 from nst_core.errors import ImageError
 
 # Output formats by file extension, with the Pillow format name and save options.
@@ -24,38 +29,97 @@ FORMATS = {
     ".jpeg": ("JPEG", {"quality": 95}),
     ".webp": ("WEBP", {"quality": 95}),
 }
+# The formats inputs may be in: what cameras, phones, scanners and the web write (Pillow's
+# JPEG opener also reads the multi-picture JPEGs, MPO, of phones and stereo cameras).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+PHOTO_FORMATS_TEXT = "JPEG, PNG, WebP, TIFF, BMP or GIF"
+Image.init()  # registers every opener, so that `formats=` can name any of the above
 
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+# The profile outputs carry. LittleCMS stamps the time it made it (header bytes 24-35), which
+# would make one job's output differ from process to process; a fixed date keeps them equal.
+_SRGB_BYTES = _SRGB.tobytes()[:24] + bytes([7, 234, 0, 1, 0, 1]) + bytes(6) + _SRGB.tobytes()[36:]
+# The modes an ICC profile of each colour space converts from.
+_PROFILE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Bytes -> RGB PIL image with EXIF orientation applied, or ImageError naming `name`."""
+def decode_image(
+    data: bytes,
+    name: str,
+    *,
+    longest: int | None = None,
+    max_pixels: int = Limits().max_input_pixels,
+) -> Image.Image:
+    """Bytes -> sRGB RGB PIL image with EXIF orientation applied, or ImageError naming
+    `name`. With `longest`, an image whose longer side is larger comes back with that longer
+    side (aspect kept): nothing downstream needs more. More than `max_pixels` pixels (from the
+    header) is refused before decoding."""
     if not data:
         raise ImageError(f"{name}: empty file, not an image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.seek(0)  # animated images: the first frame
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # The pixel bound below replaces Pillow's bomb warning; its hard limit stays.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
+            _check_pixels(opened.size, max_pixels, name)
+            opened.seek(0)  # animated images: the first frame
+            if longest is not None and opened.format in ("JPEG", "MPO"):
+                opened.draft(opened.mode, fit_size(*opened.size, longest))
+            opened.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
         raise ImageError(
             f"{name}: image is larger than Pillow's decompression-bomb limit "
-            f"({Image.MAX_IMAGE_PIXELS:,} pixels); downscale it before stylising"
+            f"({2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels); downscale it before stylising"
         ) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (format not recognised)") from None
+        raise ImageError(f"{name}: not an image in a photo format ({PHOTO_FORMATS_TEXT})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: truncated or corrupt image ({exc})") from None
-    return _to_rgb(ImageOps.exif_transpose(image))
+    image: Image.Image = opened
+    if longest is not None:
+        image = _reduced(image, longest)
+    profile = image.info.get("icc_profile")
+    # In place: a photo that needs no turning is not copied (a full-size copy, otherwise).
+    ImageOps.exif_transpose(image, in_place=True)
+    image = _flattened(image)
+    image = _to_srgb(image, profile)
+    if longest is not None and max(image.size) > longest:
+        image = image.resize(fit_size(*image.size, longest), Image.Resampling.LANCZOS)
+    return image
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name}: {width:,} x {height:,} px is {width * height / 1e6:,.1f} megapixels; an "
+            f"input may have at most {max_pixels / 1e6:,.0f} (NST_MAX_INPUT_MEGAPIXELS): "
+            "downscale it, or raise the setting"
+        )
+
+
+def _reduced(image: Image.Image, longest: int) -> Image.Image:
+    """`image` shrunk by the largest whole factor that keeps its longer side >= `longest`
+    (a box filter over the decoded pixels; LANCZOS finishes the job at the end)."""
+    factor = max(image.size) // longest
+    if factor < 2 or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F"):
+        return image
+    info = image.info
+    reduced = image.reduce(factor)
+    reduced.info = info  # the ICC profile and EXIF still describe the pixels
+    return reduced
 
 
 def probe_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) after EXIF rotation, from the header alone; None if unreadable."""
+    """(width, height) after EXIF rotation, from the header alone; None if unreadable or
+    not a photo format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
     except Exception:  # any decoder failure: the job itself will report it
@@ -63,7 +127,8 @@ def probe_size(data: bytes) -> tuple[int, int] | None:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _flattened(image: Image.Image) -> Image.Image:
+    """RGB, L or CMYK: high depth scaled to 8 bits, palettes expanded, alpha over white."""
     if image.mode in _HIGH_DEPTH_MODES:
         # Pillow's convert("L") clips 16-bit values instead of scaling them.
         array = np.asarray(image, dtype=np.float32)
@@ -75,8 +140,33 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # Transparent areas become white, as most viewers show them.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")
+    return image
+
+
+def _to_srgb(image: Image.Image, profile: bytes | None) -> Image.Image:
+    """RGB in sRGB: converted from the embedded ICC profile where there is one that fits the
+    pixels (Display P3 from phones, Adobe RGB from cameras, a press CMYK); without one, or
+    with one that cannot be read, the pixels are taken as sRGB, as browsers do."""
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            mode = _PROFILE_MODES.get(source.profile.xcolor_space.strip())
+            if mode == image.mode:
+                converted = ImageCms.profileToProfile(
+                    image,
+                    source,
+                    _SRGB,
+                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                    outputMode="RGB",
+                )
+                assert converted is not None  # inPlace=False returns the new image
+                return converted
+        except (OSError, ImageCms.PyCMSError):
+            pass
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def fit_size(width: int, height: int, longest: int) -> tuple[int, int]:
@@ -120,7 +210,8 @@ def encode_image(image: Image.Image, name: str) -> bytes:
     """Encode for the extension of `name`."""
     pil_format, options = FORMATS[format_for(name)]
     buffer = io.BytesIO()
-    image.save(buffer, format=pil_format, **options)
+    # Tagged sRGB, which the pixels are: colour-managed viewers then show what was made.
+    image.save(buffer, format=pil_format, icc_profile=_SRGB_BYTES, **options)
     return buffer.getvalue()
 
 

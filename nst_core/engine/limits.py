@@ -21,6 +21,8 @@ class Limits:
     """The bounds in force (defaults here; each is the setting NST_ + its upper-case name)."""
 
     max_input_mb: float = 64  # one content or style object
+    # Decoded pixels of one input: a 50 MP camera photo and an 81 MP scan pass.
+    max_input_megapixels: float = 100
     max_blend_styles: int = 16  # styles in one blend
     max_scales: int = 8  # entries of `scales`
     max_style_side: int = 8192  # a style image's longest side after style_scale, pixels
@@ -31,6 +33,10 @@ class Limits:
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 2**20)
+
+    @property
+    def max_input_pixels(self) -> int:
+        return int(self.max_input_megapixels * 1e6)
 
     def problems(self, params: StyleParams) -> list[tuple[str, str]]:
         """(field, message) for each cost of `params` over its bound; field "" for the first

@@ -34,7 +34,7 @@ from nst_core.engine.execution import Execution
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features, Objective
 from nst_core.engine.params import StyleParams, network_layers
-from nst_core.engine.steppers import Optimizer, Stepper, optimizer_for
+from nst_core.engine.steppers import Optimizer, optimizer_for, pairs_leaving
 from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
 from nst_core.engine.tiles import Tiling
@@ -234,7 +234,7 @@ class Scales:
             total, parts, grad = objective.evaluate(point)
             stepper.tell(total, grad)
             best.update(rows, point.detach(), total, parts)
-            leaving = _leaving(stepper, stopping, rows, total)
+            leaving = pairs_leaving(stepper, stopping, rows, total)
             on_cadence = k % every == 0 or k == iterations
             if on_cadence or leaving:
                 row = torch.cat([total.unsqueeze(0), parts])  # (4, rows)
@@ -288,18 +288,6 @@ class Scales:
                         **losses.model_dump(),
                     )
                 )
-
-
-def _leaving(
-    stepper: Stepper, stopping: Stopping, rows: list[int], total: torch.Tensor
-) -> list[int]:
-    """The pairs of `rows` that stop after this evaluation: their optimiser has converged,
-    or their stopping rule says so."""
-    leaving = [b for b, done in zip(rows, stepper.converged(), strict=True) if done]
-    if stopping.enabled:
-        stopped = stopping.update(rows, total.tolist())
-        leaving += [b for b in stopped if b not in leaving]
-    return sorted(leaving)
 
 
 def _rows(values: torch.Tensor) -> list[LossValues]:

@@ -6,9 +6,21 @@ and the Prefect flow's overrides, so a name means the same thing everywhere.
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
 from nst_core.engine.layers import LAYER_NAMES
 
@@ -29,34 +41,113 @@ DEFAULT_STOP_WINDOW = 20
 AUTO_SCALES_FROM = 512
 # Weight sources that name no file: the only ones an untrusted manifest may choose.
 BUILTIN_WEIGHTS = ("caffe", "torchvision")
+# The largest loss or blend weight. Real ones stay far below (strength's curve tops out at
+# 1,000; Gatys-style recipes use up to 1e6), and at this bound the losses stay finite with
+# room to spare: every weight at 1e9 gave totals under 1e16 (64 px test images, both losses,
+# L-BFGS and Adam), where fp32 and bf16 end at 3e38. A sum of weights stays finite too (16
+# blend styles, or every VGG19 layer: under 1e11).
+MAX_WEIGHT = 1e9
+# The pydantic errors of a number outside its Range, which Range restates with the range.
+_RANGE_ERRORS = frozenset(
+    ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
+)
+
+
+class OutOfRange(ValueError):
+    """A number outside its Range; `allowed` states the range (`0 to 1e9`)."""
+
+    def __init__(self, message: str, allowed: str):
+        super().__init__(message)
+        self.allowed = allowed
+
+
+@dataclass(frozen=True)
+class Range:
+    """The finite range a number must lie in: `Annotated[float, Range(0, MAX_WEIGHT)]`.
+
+    Its bounds are pydantic's own constraints (so the JSON Schema shows them), and a value
+    outside, infinite or NaN is refused as OutOfRange, which states the whole range, so the
+    message can name what is allowed and not only the bound that was crossed.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False  # `low` itself is refused (a step size of 0 goes nowhere)
+    high_open: bool = False
+
+    @property
+    def __is_annotated_types_grouped_metadata__(self) -> Literal[True]:
+        # annotated-types' GroupedMetadata protocol, which pydantic unpacks into the items
+        # below; structural, so nothing of annotated-types is imported.
+        return True
+
+    def __iter__(self) -> Iterator[object]:
+        yield Field(gt=self.low) if self.low_open else Field(ge=self.low)
+        yield Field(lt=self.high) if self.high_open else Field(le=self.high)
+        yield WrapValidator(self._explained)
+
+    def allowed(self) -> str:
+        """`0 to 1e9`, `above 0, up to 10`, `0 up to but not including 1`."""
+        low, high = _number(self.low), _number(self.high)
+        if self.low_open and self.high_open:
+            return f"between {low} and {high}, both excluded"
+        if self.low_open:
+            return f"above {low}, up to {high}"
+        if self.high_open:
+            return f"{low} up to but not including {high}"
+        return f"{low} to {high}"
+
+    def _explained(self, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if len(errors) != 1 or errors[0]["type"] not in _RANGE_ERRORS:
+                raise
+            # inf and NaN fail a bound test too; say what is really wrong with them.
+            message = "Input should be a finite number" if _non_finite(value) else errors[0]["msg"]
+            raise OutOfRange(message, self.allowed()) from None
+
+
+def _non_finite(value: Any) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _number(value: float) -> str:
+    """A bound as a person writes it: 8,192, 0.5, 1e9."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e6):
+        return f"{int(value):,}"
+    mantissa, _, exponent = f"{value:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+Weight = Annotated[float, Range(0, MAX_WEIGHT)]
 
 
 class StyleParams(BaseModel):
     """Tunables of the Gatys et al. optimisation. Unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number has a finite Range; allow_inf_nan also guards any float added without one.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    size: int = Field(
-        default=512, ge=16, le=8192, description="Longest side of the output, pixels."
+    size: Annotated[int, Range(16, 8192)] = Field(
+        default=512, description="Longest side of the output, pixels."
     )
-    iterations: int = Field(
+    iterations: Annotated[int, Range(1, 100_000)] = Field(
         default=200,
-        ge=1,
-        le=100_000,
         description="Loss evaluations (forward+backward) per scale, at most: the stopping rule "
         "ends a scale sooner once the loss no longer moves.",
     )
-    stop_tolerance: float = Field(
+    stop_tolerance: Annotated[float, Range(0, 1, high_open=True)] = Field(
         default=DEFAULT_STOP_TOLERANCE,
-        ge=0,
-        lt=1,
         description="Stop a pair early at a scale once its best loss improved by less than this "
         "fraction over its last stop_window evaluations there; 0 runs every iteration.",
     )
-    stop_window: int = Field(
+    stop_window: Annotated[int, Range(1, 10_000)] = Field(
         default=DEFAULT_STOP_WINDOW,
-        ge=1,
-        le=10_000,
         description="Evaluations the stopping rule looks back over.",
     )
     content_layers: tuple[str, ...] = Field(
@@ -69,39 +160,38 @@ class StyleParams(BaseModel):
         min_length=1,
         description="VGG19 layers whose Gram matrices match.",
     )
-    style_layer_weights: tuple[float, ...] | None = Field(
+    style_layer_weights: tuple[Weight, ...] | None = Field(
         default=None, description="One weight per style layer; default: equal weights summing to 1."
     )
-    content_weight: float = Field(default=1.0, ge=0, description="Weight of the content loss.")
-    strength: float = Field(
+    content_weight: Weight = Field(default=1.0, description="Weight of the content loss.")
+    strength: Annotated[float, Range(0, 1)] = Field(
         default=DEFAULT_STRENGTH,
-        ge=0,
-        le=1,
         description="How far to stylise, 0 (the photo) to 1 (mostly the painting's textures); "
         "sets the style weight unless style_weight is given.",
     )
-    style_weight: float | None = Field(
+    style_weight: Weight | None = Field(
         default=None,
-        ge=0,
         description="Weight of the style loss, for experts; when set it wins over strength.",
     )
-    tv_weight: float = Field(default=0.0, ge=0, description="Weight of the total-variation loss.")
+    tv_weight: Weight = Field(default=0.0, description="Weight of the total-variation loss.")
     loss: Literal["gatys", "balanced"] = Field(
         default="balanced",
         description="gatys: plain MSE of features and Grams; balanced: each content and style "
         "layer's error relative to its target's energy, so no layer dominates by magnitude.",
     )
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
-    lbfgs_history: int = Field(
-        default=20, ge=1, le=200, description="L-BFGS curvature pairs kept per image."
+    lbfgs_history: Annotated[int, Range(1, 200)] = Field(
+        default=20, description="L-BFGS curvature pairs kept per image."
     )
-    learning_rate: float = Field(
-        default=0.02, gt=0, le=10, description="Adam step size, in units of the 0-1 image range."
+    learning_rate: Annotated[float, Range(0, 10, low_open=True)] = Field(
+        default=0.02, description="Adam step size, in units of the 0-1 image range."
     )
     init: Literal["content", "noise", "style"] = "content"
-    seed: int = Field(
-        default=0, ge=0, le=2**63 - 1, description="Seeds noise init; same seed, same run."
+    seed: Annotated[int, Range(0, 2**63 - 1)] = Field(
+        default=0, description="Seeds noise init; same seed, same run."
     )
+    # Bounded by its validators (16 px up to `size`): a Range here would split one problem
+    # into an error per branch of the union.
     scales: tuple[int, ...] | Literal["auto"] | None = Field(
         default="auto",
         description="Coarse-to-fine sizes run before `size` (smaller ones first; `size` is "
@@ -111,8 +201,8 @@ class StyleParams(BaseModel):
     preserve_color: bool = Field(
         default=False, description="Transfer luminance only; keep content colours."
     )
-    style_scale: float = Field(
-        default=1.0, gt=0, le=4, description="Style image size relative to the output size."
+    style_scale: Annotated[float, Range(0, 4, low_open=True)] = Field(
+        default=1.0, description="Style image size relative to the output size."
     )
     weights: str = Field(
         default="caffe",
@@ -122,7 +212,10 @@ class StyleParams(BaseModel):
     pooling: Literal["max", "avg"] = "max"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
-    history_every: int = Field(default=10, ge=1, description="Record losses every N evaluations.")
+    # Above the evaluation bound a larger value records nothing more: only the last row.
+    history_every: Annotated[int, Range(1, 100_000)] = Field(
+        default=10, description="Record losses every N evaluations."
+    )
     lbfgs_history_on: Literal["auto", "device", "host"] = Field(
         default="auto",
         description="Where L-BFGS's history lives: auto keeps it on the device unless the "
@@ -150,9 +243,9 @@ class StyleParams(BaseModel):
 
     @field_validator("style_layer_weights")
     @classmethod
-    def _non_negative(cls, weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
-            raise ValueError("weights must be >= 0 and not all zero")
+    def _not_all_zero(cls, weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if weights is not None and sum(weights) <= 0:
+            raise ValueError("weights must not all be zero")
         return weights
 
     @field_validator("device")

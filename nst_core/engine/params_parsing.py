@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from nst_core.engine.limits import Limits
-from nst_core.engine.params import StyleParams
+from nst_core.engine.params import OutOfRange, StyleParams
 from nst_core.errors import ParamsError
 
 
@@ -39,7 +39,8 @@ def parse_params(
 
 
 def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) -> list[str]:
-    """One `key.path[index]: message, got VALUE` line per problem; `label` names the top key."""
+    """One `key.path[index]: message, got VALUE` line per problem, ending in `(allowed: RANGE)`
+    for a number outside its range; `label` names the top key."""
     problems = []
     for err in exc.errors():
         loc = list(err["loc"])
@@ -48,6 +49,9 @@ def format_validation_errors(exc: ValidationError, label: Callable[[str], str]) 
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict | None):
             message += f", got {_short(err['input'])}"
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, OutOfRange):
+            message += f" (allowed: {error.allowed})"
         problems.append(f"{key}: {message}")
     return problems
 

@@ -16,6 +16,7 @@ import torch
 
 from nst_core.engine.optim import PerPairLBFGS
 from nst_core.engine.params import StyleParams
+from nst_core.engine.stopping import Stopping
 
 
 class Stepper(Protocol):
@@ -100,3 +101,15 @@ def optimizer_for(params: StyleParams, history_on: str) -> Optimizer:
     if params.optimizer == "lbfgs":
         return partial(LBFGSSteps, history_on=history_on)
     return OPTIMIZERS[params.optimizer]
+
+
+def pairs_leaving(
+    stepper: Stepper, stopping: Stopping, rows: list[int], total: torch.Tensor
+) -> list[int]:
+    """The pairs of `rows` that stop after this evaluation: their optimiser has converged,
+    or their stopping rule says so."""
+    leaving = [b for b, done in zip(rows, stepper.converged(), strict=True) if done]
+    if stopping.enabled:
+        stopped = stopping.update(rows, total.tolist())
+        leaving += [b for b in stopped if b not in leaving]
+    return sorted(leaving)

@@ -4,6 +4,8 @@ form is the record's: field order included, and nothing written that was not set
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict
 
 LOSS_NAMES = ("total", "content", "style", "tv")
@@ -26,6 +28,9 @@ class LossValues(_Reported):
     def of(cls, values: list[float]) -> LossValues:
         """From values in LOSS_NAMES order."""
         return cls(**dict(zip(LOSS_NAMES, values, strict=True)))
+
+    def finite(self) -> bool:
+        return all(math.isfinite(getattr(self, name)) for name in LOSS_NAMES)
 
 
 class HistoryRow(_Reported):

@@ -26,21 +26,44 @@ else:
     _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictLoader(_BaseLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MERGE = object()  # a merge key (`<<`), unlike any key a document can construct
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+
+class _StrictLoader(_BaseLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently.
+
+    Merge keys (`<<: *shared`) work as in any YAML 1.1 loader: a mapping's own keys win over
+    merged ones, which are therefore no duplicates. Aliases under `<<` count against the
+    budget like any other, so merging is no way around it.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        # Mappings whose own keys were checked: merging rewrites a mapping's key list to hold
+        # the merged keys too, and a mapping merged elsewhere may be flattened before it is
+        # constructed, so each is checked once, before its first flattening.
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
         seen = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 continue  # SafeLoader reports unhashable keys itself
-            key = self.construct_object(key_node, deep=deep)
+            merge = key_node.tag == _MERGE_TAG
+            key = _MERGE if merge else self.construct_object(key_node)
             if key in seen:
+                shown = "<<" if merge else repr(key)
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {shown}", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _check_budget(text: str) -> str | None:

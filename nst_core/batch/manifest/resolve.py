@@ -1,7 +1,12 @@
 """Resolution of the URIs a manifest names: each is checked before it is touched (no control
-characters, no `.` or `..` segments in S3 keys, no local paths from a manifest stored in S3,
-inside the read or write roots), then resolved against the manifest's location, its globs
-expanded and its files sized, every problem going to the manifest's Problems.
+characters, no name over 255 bytes, no `~`, no `.` or `..` segments in S3 keys, no local paths
+from a manifest stored in S3, a valid glob, inside the read or write roots), then resolved
+against the manifest's location, its globs expanded and its files sized, every problem going
+to the manifest's Problems.
+
+An entry whose only wildcard is `[`, that is a valid pattern and that names an existing file
+is that file, so `photos/img[1].jpg` reads the file of that name; otherwise `[...]` is a set,
+and `[[]` matches a literal `[`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from nst_core.batch.roots import Roots
 from nst_core.engine.limits import Limits
 
 MAX_URI_CHARS = 4096  # Linux's PATH_MAX; S3 keys stop at 1,024 bytes
+# NAME_MAX on Linux (macOS and Windows stop at 255 characters): a longer name would validate
+# and then fail at the first write. S3 keys have no such limit, but their names become local
+# files (a gallery copied to disk, `aws s3 sync`), so they are held to it too.
+MAX_NAME_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -63,14 +72,14 @@ class Resolver:
     def entry(self, entry: str, where: str) -> list[str]:
         """The files one entry names (a glob, several); none when it has a problem."""
         try:
-            full, problem = self._located(entry)
+            full, glob, problem = self._located(entry)
             if problem:
                 self.problems.add(where, problem)
                 return []
-            found = self._found(full, entry, where)
+            found = self._found(full, glob, entry, where)
             # A link among glob matches may point out of the roots; any may be too big.
             max_bytes = self.limits.max_input_bytes
-            bad = [self.roots.read_problem(m) for m, _ in found] if storage.has_glob(full) else []
+            bad = [self.roots.read_problem(m) for m, _ in found] if glob else []
             bad += [f"{m}: {storage.too_large(n, max_bytes)}" for m, n in found if n > max_bytes]
             self.problems.extend((p for p in bad if p), where)
             return [] if any(bad) else [m for m, _ in found]
@@ -78,20 +87,36 @@ class Resolver:
             self.problems.add(where, exc.cause)
             return []
 
-    def _located(self, entry: str) -> tuple[str, str | None]:
-        """The entry resolved against the manifest's folder, and why it may not be read."""
+    def _located(self, entry: str) -> tuple[str, bool, str | None]:
+        """The entry resolved against the manifest's folder, whether it is a glob, and why
+        it may not be read."""
         storage.check_uri(entry)
         problem = uri_problem(entry, self.uri)
         full = storage.join(self.base, entry) if problem is None else ""
         problem = problem or key_problem(full)
-        if not problem:
-            check = self.roots.glob_problem if storage.has_glob(full) else self.roots.read_problem
-            problem = check(full)
-        return full, problem
-
-    def _found(self, full: str, entry: str, where: str) -> list[tuple[str, int]]:
-        """(uri, size) of each file a checked entry names: glob matches, or the one file."""
+        if problem:
+            return full, False, problem
         if storage.has_glob(full):
+            # The pattern as written is checked before anything is probed, so a bad one
+            # reads the same whatever exists; the full one, in case the manifest's folder
+            # itself holds a `[`.
+            problem = glob_problem(entry)
+            if problem or not self._names_a_file(full):
+                problem = problem or glob_problem(full) or self.roots.glob_problem(full)
+                return full, True, problem
+        return full, False, self.roots.read_problem(full)
+
+    def _names_a_file(self, full: str) -> bool:
+        """Whether a path whose only wildcard is `[` is an existing file of that very name
+        (`img[1].jpg`): such a name is meant literally, however it would read as a glob.
+        Probed only inside the read roots, so the answer tells nothing about outside them."""
+        if "*" in full or "?" in full or self.roots.read_problem(full):
+            return False
+        return storage.size_if_exists(full) is not None
+
+    def _found(self, full: str, glob: bool, entry: str, where: str) -> list[tuple[str, int]]:
+        """(uri, size) of each file a checked entry names: glob matches, or the one file."""
+        if glob:
             listed = storage.glob_sized(full, self.limits.max_glob_entries)
             found = [(m, n) for m, n in listed if not _inside(m, self.output_folder)]
             if not found:
@@ -114,10 +139,41 @@ def uri_problem(entry: str, manifest: str) -> str | None:
     control = _CONTROL.search(entry)
     if control:
         return f"contains the control character {control.group()!r}"
+    path = entry[len(storage.S3_PREFIX) :] if storage.is_s3(entry) else entry
+    for segment in path.split("/"):
+        size = len(segment.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            return (
+                f"the name {_short(segment, 40)} is {size:,} bytes; a file or folder name may "
+                f"be at most {MAX_NAME_BYTES} bytes: shorten it"
+            )
+    # `~` would be the home of whoever runs the manifest (a worker's service account, a
+    # container's root), not its author's: refused rather than expanded, so that a manifest
+    # means one place wherever it runs.
+    if not storage.is_s3(entry) and entry.split("/", 1)[0].startswith("~"):
+        full = "s3:// URI" if storage.is_s3(manifest) else "path (/home/you/...)"
+        return (
+            f"{_short(entry)} starts with '~', which is not expanded in a manifest: write the "
+            f"full {full} or a path relative to the manifest"
+        )
     if storage.is_s3(manifest) and not storage.is_s3(entry) and os.path.isabs(entry):
         return (
             "a manifest in S3 may name only s3:// URIs and paths relative to it, "
             f"not the local path {_short(entry)}"
+        )
+    return None
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why `pattern` is no valid glob: a set like `[z-a]`. Checked here, before anything is
+    listed, for local paths and S3 alike (both match with storage.glob_regex)."""
+    scheme = storage.S3_PREFIX if storage.is_s3(pattern) else ""
+    try:
+        storage.glob_regex(pattern[len(scheme) :].split("/"))
+    except re.error as exc:
+        return (
+            f"glob {_short(pattern)} is not a valid pattern ({exc.msg}): write a range in "
+            "[...] low to high, as [a-z]; to match a literal '[', write [[]"
         )
     return None
 

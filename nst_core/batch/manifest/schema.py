@@ -20,7 +20,7 @@ from pydantic import (
 
 from nst_core.batch.manifest.errors import ManifestError
 from nst_core.batch.manifest.guard import load_mapping
-from nst_core.engine.params import StyleParams
+from nst_core.engine.params import StyleParams, Weight
 from nst_core.engine.params_parsing import format_validation_errors
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -39,7 +39,8 @@ def _patch_model() -> type[BaseModel]:
         optional = info.annotation | None
         patched = info.merge_field_infos(info, default=None)
         fields[name] = (optional, patched)
-    return create_model("StyleParamsPatch", __config__=ConfigDict(extra="forbid"), **fields)
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    return create_model("StyleParamsPatch", __config__=config, **fields)
 
 
 StyleParamsPatch = _patch_model()
@@ -53,9 +54,10 @@ ParamsPatch = Annotated[
 class StyleRef(BaseModel):
     """One style image of a blend."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     uri: str = Field(min_length=1, description="Path or s3:// URI; relative to the manifest.")
-    weight: float = Field(1.0, ge=0, description="Blend weight; weights are normalised.")
+    # Bounded so that a blend's sum stays finite too: weights are divided by it.
+    weight: Weight = Field(1.0, description="Blend weight; weights are normalised.")
 
 
 def _as_style_refs(value: Any) -> Any:
@@ -86,11 +88,19 @@ class PairSpec(BaseModel):
     params: ParamsPatch = Field(default_factory=dict, description="StyleParams for this pair.")
 
 
+def _integer_version(value: Any) -> Any:
+    """`version: true` and `version: 1.0` are not the integer 1, although Python finds them
+    equal to it: only the integer is a version."""
+    if isinstance(value, bool) or (isinstance(value, float) and value == 1):
+        raise ValueError("Input should be the integer 1")
+    return value
+
+
 class Manifest(BaseModel):
     """Manifest version 1 (see manifests/schema.json and the README)."""
 
     model_config = ConfigDict(extra="forbid", title="nst-batch manifest v1")
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_integer_version)]
     name: str | None = Field(
         None, pattern=NAME_PATTERN, description="Batch name; default: the manifest's file stem."
     )

@@ -1,6 +1,7 @@
 """The storage layer's one exception, `StorageError` ("URI: cause"), and the messages it carries:
-a cause never shows an endpoint's user or password (`redact`), and an input over the size limit
-is refused with the same line whether its size came from a listing, a stat or the bytes read.
+a cause shows an endpoint URL as its scheme, host and port only (`redact`: no user, password,
+path or query, any of which may hold a secret), and an input over the size limit is refused
+with the same line whether its size came from a listing, a stat or the bytes read.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import re
 
 from nst_core.errors import NstError
 
+# An http(s) URL as messages quote it: up to whitespace, a quote, a backtick or < >.
+_HTTP_URL = re.compile(r"(?i)\b(https?)://([^\s\"'`<>]*)")
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -32,8 +35,22 @@ class StorageError(NstError):
 
 
 def redact(text: str) -> str:
-    """`text` with the user and password of any URL in it (an endpoint's `user:pass@`) hidden."""
-    return _USERINFO.sub("***@", str(text))
+    """`text` with every http(s) URL in it cut to its scheme, host and port (an endpoint's
+    `user:pass@`, path, `?query` and `#fragment` may hold secrets: a signature, a token), and
+    the `user:pass@` of any other URL hidden as `***@` (s3://bucket/key stays whole)."""
+    return _USERINFO.sub("***@", _HTTP_URL.sub(_origin, str(text)))
+
+
+def _origin(match: re.Match[str]) -> str:
+    """The URL matched cut to `scheme://host[:port]`, or `scheme://***` where its host
+    cannot be told apart from a secret (an `@` past its `?` or `#`)."""
+    scheme, rest = match.group(1).lower(), match.group(2)
+    authority = re.split(r"[?#]", rest, maxsplit=1)[0]
+    if "@" in authority:  # user:pass@host; a password with a raw "/" still ends at the last @
+        authority = authority.rpartition("@")[2]
+    elif "@" in rest:  # an @ past the ? or #: the host is not what the text suggests
+        return f"{scheme}://***"
+    return f"{scheme}://{authority.split('/', 1)[0]}"
 
 
 def check_size(uri: str, size: int, max_bytes: int) -> None:

@@ -11,12 +11,14 @@ import contextlib
 import functools
 import mimetypes
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from .errors import StorageError, check_size
+from .errors import StorageError, check_size, redact
 from .uris import S3_PREFIX, name, split, split_object
 
 if TYPE_CHECKING:
@@ -50,6 +52,10 @@ _CLIENT_ENV = (
 _client_lock = threading.Lock()
 
 
+class EndpointError(Exception):
+    """AWS_ENDPOINT_URL(_S3) cannot be an S3 endpoint; the message shows no secret in it."""
+
+
 def s3_client() -> Any:  # a boto3 S3 client; boto3 has no type information
     """The process-wide boto3 S3 client for the current environment (thread-safe)."""
     from nst_core.settings import Settings
@@ -74,22 +80,48 @@ def _build_client(env: tuple[str | None, ...], tuning: tuple[int, float, float])
     from botocore.config import Config
 
     values = dict(zip(_CLIENT_ENV, env, strict=True))
+    # The variable boto3 takes the endpoint from: the S3 one first.
+    variable = next((v for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if values[v]), None)
+    if variable:
+        _check_endpoint(variable, str(values[variable]))
     session = boto3.session.Session()
     region = (
         values["AWS_REGION"] or values["AWS_DEFAULT_REGION"] or session.region_name or "us-east-1"
     )
     # boto3 reads AWS_ENDPOINT_URL(_S3) itself; a custom endpoint (SeaweedFS, MinIO, ...)
     # rarely has per-bucket DNS names, so address buckets by path there.
-    custom_endpoint = values["AWS_ENDPOINT_URL"] or values["AWS_ENDPOINT_URL_S3"]
     config = Config(
         region_name=region,
         retries={"mode": "standard", "max_attempts": tuning[0]},
         connect_timeout=tuning[1],
         read_timeout=tuning[2],
         max_pool_connections=32,  # batch jobs use thread pools; the default of 10 thrashes
-        s3={"addressing_style": "path"} if custom_endpoint else None,
+        s3={"addressing_style": "path"} if variable else None,
     )
-    return session.client("s3", config=config)
+    try:
+        return session.client("s3", config=config)
+    except ValueError as exc:  # botocore's "Invalid endpoint: URL", e.g. a host with a "_"
+        if not variable:
+            raise
+        raise EndpointError(f"{variable} is not a valid endpoint URL: {redact(str(exc))}") from None
+
+
+def _check_endpoint(variable: str, url: str) -> None:
+    """Refuse what cannot be an S3 endpoint before boto3 does: it would print the whole URL
+    (a query's signature, a password); this message shows its scheme, host and port at most.
+    A query boto3 refuses; a fragment it would drop, so a URL with one is a mistake too."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        usable = False
+    if not usable:
+        raise EndpointError(f"{variable} is not an http:// or https:// URL with a host")
+    if re.search(r"[?#]", url):
+        raise EndpointError(
+            f"{variable} ({redact(url)}) has a query or fragment, which an S3 endpoint cannot "
+            "have: give scheme://host[:port][/path]"
+        )
 
 
 # --------------------------------------------------------------------------- errors
@@ -104,6 +136,8 @@ def translate(uri: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
+    except EndpointError as exc:
+        raise StorageError(uri, str(exc)) from None
     except boto.ClientError as exc:
         raise _client_error(uri, exc) from exc
     except (boto.NoCredentialsError, boto.PartialCredentialsError) as exc:
@@ -115,7 +149,9 @@ def translate(uri: str) -> Iterator[None]:
         cause = f"cannot reach the S3 endpoint ({exc})"
         raise StorageError(uri, cause, transient=True) from None
     except boto.BotoCoreError as exc:
-        raise StorageError(uri, f"S3 request failed: {exc}") from exc
+        # Chained only when its message names no URL: a traceback would print it whole.
+        error = StorageError(uri, f"S3 request failed: {exc}")
+        raise error from (exc if redact(str(exc)) == str(exc) else None)
     except FileNotFoundError as exc:
         raise StorageError(uri, "no such file") from exc
     except IsADirectoryError as exc:
