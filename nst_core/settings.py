@@ -86,7 +86,7 @@ class Settings(BaseModel):
     s3_read_timeout: float = Field(30.0, gt=0, description="S3 read timeout, seconds.")
     debug: bool = Field(False, description="Show tracebacks of unexpected errors.")
     prefect_port: int = Field(
-        4200, ge=1, le=65535, description="The port of `make up`'s Prefect server."
+        4200, ge=1, le=65535, description="The port of `make up`'s Prefect server (the UI)."
     )
 
     @classmethod

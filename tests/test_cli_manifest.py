@@ -1,11 +1,16 @@
 """`nst validate` and `nst plan`."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 from cli_runner import run_cli
 from imagegen import completed_record, png_bytes, scene, stripes
 
 from nst_core.batch import jobs
 from nst_core.batch.manifest import load_plan
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MANIFEST = """version: 1
 output: out
@@ -67,3 +72,34 @@ def test_plan_param_overrides_change_the_keys(manifest, capsys):
     assert before.splitlines()[0] != after.splitlines()[0]
     code, _, err = run_cli(["plan", manifest, "--param", "iterations=zero"], capsys)
     assert code == 2 and "--param.iterations: Input should be a valid integer" in err
+
+
+def test_the_local_example_runs_on_what_the_demo_draws(tmp_path, monkeypatch, capsys):
+    """README's first batch, `nst run manifests/local.yaml` after `make demo`: local.yaml
+    names the pictures `nst demo` draws, so it validates in a copy of the checkout (manifests/
+    and what the demo draws, where it draws it) and fails plainly before the demo has run."""
+    from nst_cli import batch
+    from nst_core.batch import demo
+
+    draw = demo.write_demo_inputs
+    drawn: list[Path] = []
+    monkeypatch.setattr(demo, "write_demo_inputs", lambda folder: drawn.append(folder) or [])
+    monkeypatch.setattr(batch, "run", lambda manifest, **options: None)
+    code, _, err = run_cli(["demo"], capsys)  # where the real `nst demo` draws, nothing run
+    assert code == 0, err
+    where = drawn[0].relative_to(ROOT)
+    copy = tmp_path / "manifests"
+    shutil.copytree(ROOT / "manifests", copy)
+    code, _, err = run_cli(["validate", copy / "local.yaml"], capsys)
+    assert code == 2 and "content-*.png' matched no files" in err  # before the demo
+    draw(tmp_path / where)
+    code, out, err = run_cli(["validate", copy / "local.yaml"], capsys)
+    assert code == 0, err
+    assert out.strip() == "OK: 4 jobs (2 contents x 2 styles + 0 pairs)"
+    assert _inputs(copy / "local.yaml") == _inputs(copy / "demo.yaml")
+
+
+def _inputs(manifest: Path) -> set[str]:
+    return {
+        uri for job in load_plan(str(manifest)).jobs for uri in (job.content, *dict(job.styles))
+    }

@@ -1,16 +1,20 @@
-"""End to end: a real Prefect server and process worker, real S3, the repo's prefect.yaml.
+"""End to end: a real Prefect server and process workers, real S3, the repo's prefect.yaml.
 
-One module-scoped stack (tools/stack.py, what `make up` runs, here with two workers that
-run one flow run each, as on two GPU hosts) on free loopback ports with a temporary
-PREFECT_HOME; the server's scheduler is off so that the nightly and inbox
-schedules create no runs of their own while the test drives them. Everything it starts, it
+One module-scoped stack (tools/stack.py, what `make up` runs: PostgreSQL under the server,
+here with two GPU-pool workers that run one flow run each, as on two GPU hosts, and the
+light pool's worker for the inbox) on free loopback ports with a temporary home; S3 is the
+session's SeaweedFS (tests/s3_server.py), not a bucket of the stack's own. The server's
+scheduler is off so that the nightly and inbox schedules create no runs of their own while
+the test drives them (tests/test_stack.py runs the scheduler). Everything it starts, it
 stops.
 """
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +26,9 @@ from imagegen import ONE_JOB_PER_UNIT_GB, write_batch
 
 from flows import watch
 from nst_core.batch import storage
-from tools.stack import LocalStack, _stop
+from tools.postgres import PostgresError, server_binaries
+from tools.process_control import stop_process
+from tools.stack import GPU_POOL, LIGHT_POOL, LIGHT_WORKER, LocalStack
 
 MANIFEST = """version: 1
 output: out/{name}
@@ -44,11 +50,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, s3_server):
-    home = tmp_path_factory.mktemp("prefect-home")
+def stack(s3_server):
+    try:
+        server_binaries()
+    except PostgresError as missing:
+        pytest.skip(str(missing))
+    # Not under pytest's owner-only temp folder: PostgreSQL's user must reach the home.
+    home = Path(tempfile.mkdtemp(prefix="nst-deployments-test-"))
+    home.chmod(0o755)
     stack = LocalStack(
         home=home,
         port=free_port(),
+        local_s3=False,
         env={
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -67,7 +80,8 @@ def stack(tmp_path_factory, s3_server):
     finally:
         stopped = stack.down()
         log = (home / "worker.log").read_text(errors="replace") if stopped else ""
-        assert "worker" in stopped and "server" in stopped, log[-2000:]
+        shutil.rmtree(home, ignore_errors=True)
+        assert {"worker", "light", "server", "postgres"} <= set(stopped), log[-2000:]
         assert not stack.running()
 
 
@@ -123,6 +137,49 @@ def test_adhoc_deployment_run_stylises_a_bucket_manifest(stack, s3_bucket):
     assert json.loads(storage.read_bytes(summaries[0]))["totals"]["completed"] == 4
 
 
+def test_the_deployed_run_forms_describe_every_parameter(stack):
+    """What the UI's run form shows comes from the deployment's parameter schema, as
+    `prefect deploy` stored it on the server: every parameter described, the style overrides
+    typed field by field, and no shard internals on the batch's form."""
+    from nst_core.engine.params import StyleParams
+
+    schemas = {}
+    for name in ("stylize-batch/adhoc", "stylize-shard/shard"):
+        answer = httpx.get(f"{stack.api_url}/deployments/name/{name}", timeout=30)
+        answer.raise_for_status()
+        schemas[name] = answer.json()["parameter_openapi_schema"]
+    for name, schema in schemas.items():
+        undocumented = [
+            p for p, spec in schema["properties"].items() if not spec.get("description")
+        ]
+        assert undocumented == [], name
+    batch = schemas["stylize-batch/adhoc"]
+    assert not {"only_jobs", "shard_name", "done_after", "job_keys"} & set(batch["properties"])
+    assert {"manifest_sha256", "read_roots", "write_roots"} <= set(batch["properties"])
+    overrides = batch["definitions"]["StyleOverrides"]["properties"]
+    assert set(overrides) == set(StyleParams.model_fields)
+    assert overrides["size"]["description"] == StyleParams.model_fields["size"].description
+    assert {"job_keys", "shard_name"} <= set(schemas["stylize-shard/shard"]["required"])
+
+
+def test_the_server_refuses_a_run_whose_style_params_are_out_of_range(stack, s3_bucket):
+    """The schema is enforced where the run is created: nothing starts, and the answer names
+    the field."""
+    uri = write_batch(f"{s3_bucket}/refused", MANIFEST)
+    run = deployment_run(
+        stack,
+        "stylize-batch/adhoc",
+        "-p",
+        f"manifest={uri}",
+        "-p",
+        'params={"iterations": 0}',
+        watch=False,
+    )
+    assert run.returncode != 0
+    assert "iterations" in run.stdout + run.stderr, run.stdout[-2000:] + run.stderr[-2000:]
+    assert storage.list_prefix(f"{s3_bucket}/refused/out") == []
+
+
 def test_inbox_deployment_files_good_and_broken_manifests(stack, s3_bucket):
     inbox = f"{s3_bucket}/inbox"
     write_batch(inbox, MANIFEST, name="good.yaml")
@@ -155,8 +212,8 @@ def test_missed_inbox_ticks_are_dropped_not_replayed_after_a_restart(stack, s3_b
     limit, not replayed one after another."""
     inbox = f"{s3_bucket}/inbox"
     for name, pid in stack.running().items():
-        if name.startswith("worker"):
-            _stop(pid, 20)
+        if name.startswith("worker") or name == LIGHT_WORKER:
+            stop_process(pid, 20)
     deployment = httpx.get(f"{stack.api_url}/deployments/name/watch-inbox/inbox", timeout=30)
     deployment.raise_for_status()
     now = datetime.now(UTC)
@@ -203,15 +260,24 @@ def test_nightly_deployment_carries_the_cron_and_timezone_of_prefect_yaml(stack)
     inspect = prefect(stack, "deployment", "inspect", "stylize-batch/nightly", "--output", "json")
     assert inspect.returncode == 0, inspect.stderr
     deployment = json.loads(inspect.stdout)
-    (schedule,) = [s["schedule"] for s in deployment["schedules"]]
-    assert schedule["cron"] == nightly["schedules"][0]["cron"] == "0 2 * * *"
-    assert schedule["timezone"] == nightly["schedules"][0]["timezone"]
+    (schedule,) = deployment["schedules"]
+    assert schedule["schedule"]["cron"] == nightly["schedules"][0]["cron"] == "0 2 * * *"
+    assert schedule["schedule"]["timezone"] == nightly["schedules"][0]["timezone"]
+    assert schedule["active"] is False  # until its manifest is set
     assert "manifest" in deployment["parameters"]
-    assert deployment["work_pool_name"] == "nst-gpu"
+    assert deployment["work_pool_name"] == GPU_POOL
+
+
+def test_the_inbox_watcher_runs_on_the_light_pool(stack):
+    inbox = httpx.get(f"{stack.api_url}/deployments/name/watch-inbox/inbox", timeout=30).json()
+    assert inbox["work_pool_name"] == LIGHT_POOL
+    workers = httpx.post(f"{stack.api_url}/work_pools/{LIGHT_POOL}/workers/filter", timeout=30)
+    assert [w["name"] for w in workers.json()] == ["nst-light-worker"]
 
 
 def api(stack: LocalStack, path: str, body: dict) -> list[dict]:
-    # 503 is the server's SQLite busy under load: retried, as Prefect's own client does.
+    # 503 (a database busy under load; SQLite's "database is locked" before the stack ran on
+    # PostgreSQL): retried, as Prefect's own client does.
     for attempt in range(5):
         answer = httpx.post(f"{stack.api_url}/{path}", json=body, timeout=30)
         if answer.status_code != 503:
@@ -278,8 +344,12 @@ def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_buc
     )
     assert [c["name"][-10:] for c in children] == ["shard-1-of-2"[-10:], "shard-2-of-2"[-10:]]
     assert all(c["state_type"] == "COMPLETED" for c in children)
-    assert all(c["deployment_id"] for c in children)
-    shard_jobs = [set(c["parameters"]["only_jobs"]) for c in children]
+    shard_deployment = httpx.get(
+        f"{stack.api_url}/deployments/name/stylize-shard/shard", timeout=30
+    )
+    shard_deployment.raise_for_status()
+    assert {c["deployment_id"] for c in children} == {shard_deployment.json()["id"]}
+    shard_jobs = [set(c["parameters"]["job_keys"]) for c in children]
     assert not shard_jobs[0] & shard_jobs[1]  # disjoint
     assert shard_jobs[0] | shard_jobs[1] == {r["key"] for r in records}
     # Two idle workers of one run each took one shard, the second before the first was done:
@@ -295,7 +365,7 @@ def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_buc
 
     # A shard run again (as a retry would) finds its jobs done and stylises nothing.
     retry = deployment_run(
-        stack, "stylize-batch/adhoc", "--params", json.dumps(first["parameters"])
+        stack, "stylize-shard/shard", "--params", json.dumps(first["parameters"])
     )
     assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
     runs = api(stack, "flow_runs/filter", {"flow_runs": {"name": {"any_": [first["name"]]}}})

@@ -80,7 +80,7 @@ def test_the_job_table_artifact_shows_names_as_text(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda md, **kw: made.update(md=md))
     _, summary = hostile_summary(tmp_path)
-    artifacts.publish(summary, "the report")
+    artifacts.publish(summary, "the report", "hostile")
     jobs = [row["job"] for row in made["rows"]]
     assert jobs == [markdown_text(entry.label) for entry in summary.jobs]
     assert jobs[0].startswith(r"\[clickme\]\(javascript:alert\(1\)\).jpg x ")

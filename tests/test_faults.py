@@ -396,7 +396,7 @@ def test_outage_final_line_and_artifacts_say_which_jobs_failed(outage):
     line counts them and the job table artifact (which needs no S3) lists each with its error."""
     left = outage.jobs - len(outage.before)
     assert f"{left} of {outage.jobs} jobs failed" in outage.first.last_err_line
-    tables = [a for a in outage.prefect["artifacts"] if a.key == "stylize-batch-jobs"]
+    tables = [a for a in outage.prefect["artifacts"] if a.key == "nst-faults-jobs"]
     assert len(tables) == 1
     rows = tables[0].data if isinstance(tables[0].data, list) else json.loads(tables[0].data)
     failed = [row for row in rows if row["status"] == "failed"]
@@ -442,7 +442,7 @@ def test_s3_keys_appear_in_no_log_record_summary_report_or_artifact(
     assert any(u.endswith("/report.md") for u in objects)
     messages = [log.message for log in prefect["logs"]]
     assert any(m.startswith("failed c.png x s1.png: ") for m in messages), messages
-    assert {"stylize-batch-jobs", "stylize-batch-report"} <= {a.key for a in prefect["artifacts"]}
+    assert {"nst-faults-jobs", "nst-faults-report"} <= {a.key for a in prefect["artifacts"]}
     assert prefect["task_runs"] and prefect["states"] and prefect["events"]
 
     places = {uri: data.decode("latin-1") for uri, data in objects.items()}

@@ -240,7 +240,9 @@ def test_out_of_memory_splits_units_and_the_batch_still_finishes(
     from nst_core.engine.params import StyleParams
 
     two_jobs = 2 * memory_model.estimate_bytes(40, 30, StyleParams(size=40))
-    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str((two_jobs + 1) / 1024**3))
+    # Plus the largest input's decode, which the planner counts once per unit: a 64 px style.
+    decode = memory_model.decode_bytes((64, 64), 160)
+    monkeypatch.setenv("NST_MEMORY_BUDGET_GB", str((two_jobs + decode + 1) / 1024**3))
     real, batch_sizes = runner.stylize_pairs, []
 
     def one_pair_fits(pairs, **kwargs):

@@ -448,7 +448,10 @@ def test_nst_gallery_explains_what_it_needs(tmp_path, capsys):
 
     code, _, err = run_cli(["gallery", str(tmp_path)], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "not a run folder (OUTPUT/_runs/NAME) nor a manifest" in err
+    assert f"{tmp_path}: no finished run here (no _runs/NAME/summary.json)" in err
+    assert "output folder" in err and "run folder (OUTPUT/_runs/NAME)" in err and "manifest" in err
+    code, _, err = run_cli(["gallery", str(tmp_path / "missing")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "missing: no such folder" in err
     code, _, err = run_cli(["gallery", str(tmp_path / "out" / "_runs" / "nope")], capsys)
     assert code == 2 and "no summary.json in this run folder" in err
     manifest = write_batch(str(tmp_path), MANIFEST)
@@ -467,3 +470,25 @@ def test_nst_gallery_writes_the_page_a_run_lacks(tmp_path, capsys):
     page = Path(layout.gallery(summary.run))
     assert page.exists() and f"open:    {page.as_uri()}" in out
     assert len(os.listdir(RunLayout(str(tmp_path / "out")).thumbs)) == 3  # output, content, style
+
+
+def test_nst_gallery_of_an_output_folder_opens_its_newest_finished_run(storage_root, capsys):
+    """`nst gallery OUTPUT` (local or s3://, also OUTPUT/ and OUTPUT/_runs) names the newest
+    run by the time in its name that wrote a summary; a newer run without one (unfinished,
+    or killed) is passed over."""
+    from cli_runner import run_cli
+
+    newest = "alpha-20260102-000000-abcd"  # newer than zeta's, though it sorts first by name
+    layout, summary = synthetic_run(storage_root, ["a.png"], ["s.png"], run=newest)
+    storage.write_bytes(layout.summary(newest), summary.to_json())
+    write_gallery(layout, summary)
+    older = "zeta-20260101-000000-abcd"
+    storage.write_bytes(layout.summary(older), summary.model_copy(update={"run": older}).to_json())
+    storage.write_bytes(f"{layout.run_folder('alpha-20260103-000000-ffff')}/report.md", b"x")
+    for target in (layout.base, layout.base + "/", layout.runs):
+        code, out, err = run_cli(["gallery", target], capsys)
+        assert code == 0, err
+        assert f"gallery: {layout.gallery(newest)}\n" in out, target
+    storage.write_bytes(f"{storage_root}/empty/notes.txt", b"no runs here")
+    code, _, err = run_cli(["gallery", f"{storage_root}/empty"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no finished run here" in err

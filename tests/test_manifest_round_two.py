@@ -18,7 +18,8 @@ from nst_core.batch import inbox, storage
 from nst_core.batch.manifest import ManifestError, expand, load_plan, parse_manifest
 from nst_core.batch.roots import Roots
 from nst_core.engine.limits import Limits
-from nst_core.engine.params import MAX_WEIGHT, StyleParams
+from nst_core.engine.params import StyleParams
+from nst_core.engine.ranges import MAX_WEIGHT
 
 
 @pytest.fixture
@@ -482,3 +483,22 @@ def test_a_bracketed_name_outside_the_read_roots_is_not_probed(bracketed, touche
     assert any("outside the read roots" in p for p in info.value.problems)
     probed = [u for op in touched.values() for u in op]
     assert str(secret) not in probed  # whether it exists is not found out
+
+
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        (
+            {"tile": "huge"},
+            "defaults.tile: Input should be a valid integer or 'auto' or 'off', got 'huge'",
+        ),
+        ({"scales": "x"}, "defaults.scales: Input should be a valid tuple or 'auto', got 'x'"),
+    ],
+)
+def test_a_value_of_no_allowed_kind_is_one_line_naming_every_kind(value, line):
+    from nst_core.engine.params_parsing import parse_params
+    from nst_core.errors import ParamsError
+
+    with pytest.raises(ParamsError) as info:
+        parse_params(value, where="defaults")
+    assert info.value.problems == [line]

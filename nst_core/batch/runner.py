@@ -28,10 +28,11 @@ import torch
 from nst_core.batch import records, storage, thumbnails
 from nst_core.batch.job_claims import JobClaims, generations, job_claims_folder
 from nst_core.batch.jobs import Job
+from nst_core.batch.progress import UnitReport, UnitTracker
 from nst_core.batch.records import Record, Status, Timings
 from nst_core.batch.unit_inputs import UnitInputs
 from nst_core.engine import images
-from nst_core.engine.loop import Progress, Result, stylize_pairs
+from nst_core.engine.loop import Result, stylize_pairs
 from nst_core.engine.targets import GramCache, Pair
 from nst_core.errors import ImageError, NstError
 from nst_core.settings import Settings
@@ -70,7 +71,8 @@ class UnitOptions:
     force: bool = False  # recompute jobs already done (only those no live run holds)
     claim: bool = True  # claim each job first (claims.py), so two runs never compute it twice
     record_failures: bool = True  # a failed job gets a `failed` record
-    progress: Progress | None = None  # the engine's progress callback
+    # Where the unit's progress goes: at every evaluation and at every job it finishes.
+    progress: UnitReport | None = None
     unit: str | None = None  # the unit's name, for the records' `execution`
     # Input size limit, claim lease and what `precision: auto` means; default: the built-in
     # settings (never read from the environment here).
@@ -109,6 +111,7 @@ def run_unit(
         if options.claim
         else contextlib.nullcontext(_Unclaimed())
     )
+    tracker = UnitTracker(len(unit), options.progress) if options.progress else None
     with claims as held:
 
         def finish(outcome: Outcome) -> None:
@@ -116,8 +119,10 @@ def run_unit(
             outcomes[outcome.job.key] = outcome
             if on_job:
                 on_job(outcome)
+            if tracker:
+                tracker.job_finished()
 
-        unit_run = _UnitRun(cache or GramCache(), options, finish, device)
+        unit_run = _UnitRun(cache or GramCache(), options, finish, device, tracker)
         loaded = _claim_and_load(unit, held, unit_run)
         unit_run.run(loaded)
     return [outcomes[job.key] for job in unit]
@@ -169,6 +174,7 @@ class _UnitRun:
     options: UnitOptions
     finish: Callable[[Outcome], None]
     device: str
+    tracker: UnitTracker | None = None
 
     def fail(self, job: Job, reason: str, seconds: float = 0.0) -> Outcome:
         if self.options.record_failures:
@@ -185,13 +191,17 @@ class _UnitRun:
         pairs = [pair for _, pair, _ in loaded]
         # The planner gave every job of a unit one execution; the unit got its device.
         execution = loaded[0][0].execution.on(self.device, self.options.settings.precision)
+        tracker = self.tracker
+        if tracker:
+            tracker.stylising(len(pairs))
+        progress = tracker.evaluated if tracker else None
         try:
-            results = stylize_pairs(
-                pairs, cache=self.cache, progress=self.options.progress, execution=execution
-            )
+            results = stylize_pairs(pairs, cache=self.cache, progress=progress, execution=execution)
         except Exception as exc:
             if not isinstance(exc, NstError) and not is_out_of_memory(exc):
                 raise
+            if tracker:
+                tracker.gave_up()
             self._split(loaded, exc, time.perf_counter() - started)
             return
         seconds = (time.perf_counter() - started) / len(loaded)

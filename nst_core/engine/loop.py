@@ -34,6 +34,7 @@ from nst_core.engine.execution import Execution
 from nst_core.engine.losses import gram
 from nst_core.engine.objective import Features, Objective
 from nst_core.engine.params import StyleParams, network_layers
+from nst_core.engine.progress import Progress, Reporter, losses_by_pair
 from nst_core.engine.steppers import Optimizer, optimizer_for, pairs_leaving
 from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
@@ -42,10 +43,6 @@ from nst_core.engine.tiling import TiledObjective
 from nst_core.engine.trace import HistoryRow, LossValues, ScaleRun
 from nst_core.engine.vgg import load_vgg
 from nst_core.errors import ParamsError
-
-# Progress callback: (evaluations done, evaluations in all, each pair's losses at its latest
-# record: None for a pair that has none yet).
-Progress = Callable[[int, int, list[LossValues | None]], None]
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,6 @@ class Scales:
         self.execution = execution or Execution.asked(targets.params)
         self.params: StyleParams = targets.params
         self.optimizer = optimizer
-        self.progress = progress
         self.total_evals = self.params.iterations * n_scales
         self.budget_done = 0  # evaluations of the scales finished, as budgeted: for progress
         self.started = time.perf_counter()
@@ -187,7 +183,7 @@ class Scales:
         self.evaluations = [0] * n  # each pair's own, which the stopping rule may cut short
         self.history: list[list[HistoryRow]] = [[] for _ in range(n)]
         self.final: list[LossValues] = []  # set by each scale, kept from the last
-        self.latest: list[LossValues | None] = [None] * n
+        self.report = Reporter(progress, n, self.total_evals)
         self.tiling: list[ScaleRun] = []
         self.loss_weights = targets.loss_weights()
 
@@ -240,8 +236,9 @@ class Scales:
                 row = torch.cat([total.unsqueeze(0), parts])  # (4, rows)
                 seconds = time.perf_counter() - self.started
                 records.append(_Recorded(k, seconds, row, rows if on_cadence else leaving, rows))
-                if on_cadence and self.progress:
-                    self._report(self.budget_done + k, row, rows)
+                if on_cadence:
+                    self.report.losses(row, rows)
+            self.report.evaluated(self.budget_done + k)
             if leaving:
                 for b in leaving:
                     self.evaluations[b] = offset[b] + k
@@ -255,15 +252,10 @@ class Scales:
         for b in rows:
             self.evaluations[b] = offset[b] + iterations
         self.budget_done += iterations
+        self.report.evaluated(self.budget_done)  # a scale that stopped early spent its budget
         self._keep_history(records, size, offset)
-        self.final = _rows(torch.cat([best.total.unsqueeze(0), best.parts]).cpu())
+        self.final = losses_by_pair(torch.cat([best.total.unsqueeze(0), best.parts]).cpu())
         return best.x.clamp(0, 1)
-
-    def _report(self, done: int, row: torch.Tensor, rows: list[int]) -> None:
-        for b, losses in zip(rows, _rows(row.cpu()), strict=True):
-            self.latest[b] = losses
-        assert self.progress is not None  # called only when there is one
-        self.progress(done, self.total_evals, list(self.latest))
 
     def _keep_history(
         self,
@@ -288,8 +280,3 @@ class Scales:
                         **losses.model_dump(),
                     )
                 )
-
-
-def _rows(values: torch.Tensor) -> list[LossValues]:
-    """(4, B) losses -> each pair's."""
-    return [LossValues.of(values[:, b].tolist()) for b in range(values.shape[1])]

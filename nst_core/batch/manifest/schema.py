@@ -20,8 +20,9 @@ from pydantic import (
 
 from nst_core.batch.manifest.errors import ManifestError
 from nst_core.batch.manifest.guard import load_mapping
-from nst_core.engine.params import StyleParams, Weight
+from nst_core.engine.params import StyleParams
 from nst_core.engine.params_parsing import format_validation_errors
+from nst_core.engine.ranges import Weight
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 OUTPUT_FORMATS = ("jpg", "png", "webp")
