@@ -6,21 +6,19 @@ its HTTP port and on port + 10000 for gRPC, so every port we pick must have that
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-GRPC_OFFSET = 10000
+from tools.process_control import free_ports
+from tools.seaweed import answers_http, registered_volumes, topology
+
 # Far more buckets than a test session creates (about 150), whatever the disk's free space.
 VOLUME_SLOTS = 1000
 
@@ -32,32 +30,6 @@ def weed_binary() -> str | None:
         return found
     beside = Path(sys.executable).parent / "weed"
     return str(beside) if beside.exists() else None
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that are free together with their gRPC twin (port + 10000).
-
-    Drawn from below the Linux ephemeral range (32768+) so the twin stays a valid port and
-    outgoing connections are unlikely to grab them before weed binds.
-    """
-    chosen: list[int] = []
-    while len(chosen) < count:
-        port = random.randrange(15000, 30000)
-        taken = {p + d for p in chosen for d in (0, GRPC_OFFSET)}
-        if {port, port + GRPC_OFFSET} & taken:
-            continue
-        if _bindable(port) and _bindable(port + GRPC_OFFSET):
-            chosen.append(port)
-    return chosen
 
 
 @dataclass
@@ -101,45 +73,9 @@ class S3Server:
             self.process.wait()
 
 
-def _answers_http(port: int) -> bool:
-    """Any HTTP answer on the S3 port (even 403) means the gateway is serving."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/")
-        conn.getresponse().read()
-        return True
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-def _topology(master_port: int) -> dict:
-    """The master's view of its volume servers ({} if it cannot say yet)."""
-    conn = http.client.HTTPConnection("127.0.0.1", master_port, timeout=1)
-    try:
-        conn.request("GET", "/dir/status")
-        return json.loads(conn.getresponse().read()).get("Topology") or {}
-    except (OSError, ValueError):
-        return {}
-    finally:
-        conn.close()
-
-
-def _registered_volumes(master_port: int) -> int:
-    """How many volumes the master knows a volume server holds (0 if it cannot say yet)."""
-    topology = _topology(master_port)
-    return sum(
-        node.get("Volumes") or 0
-        for centre in topology.get("DataCenters") or []
-        for rack in centre.get("Racks") or []
-        for node in rack.get("DataNodes") or []
-    )
-
-
 def volume_slots(server: S3Server) -> int:
     """How many volumes the server may hold in all: each bucket takes at least one."""
-    return int(_topology(server.ports[1]).get("Max") or 0)
+    return int(topology(server.ports[1]).get("Max") or 0)
 
 
 def start_s3_server(
@@ -165,7 +101,7 @@ def start_s3_server(
     volumes = len(list(data_dir.glob("*.dat")))
     if ports is not None and len(ports) != 5:
         raise ValueError(f"ports: expected 5 (s3, master, volume, filer, admin), got {ports}")
-    s3, master, volume, filer, admin = ports if ports is not None else free_ports(5)
+    s3, master, volume, filer, admin = ports if ports is not None else free_ports(5, twins=True)
     access_key = access_key or "nsttest" + secrets.token_hex(4)
     secret_key = secret_key or secrets.token_hex(16)
     # weed only enforces signatures when it is given credentials through its environment.
@@ -212,7 +148,7 @@ def start_s3_server(
         ports=(s3, master, volume, filer, admin),
     )
     deadline = time.monotonic() + timeout
-    while not _answers_http(s3) or _registered_volumes(master) < volumes:
+    while not answers_http(s3) or registered_volumes(master) < volumes:
         if process.poll() is not None or time.monotonic() > deadline:
             code = process.poll()
             server.stop()

@@ -27,7 +27,7 @@ from imagegen import ONE_JOB_PER_UNIT_GB, write_batch
 from flows import watch
 from nst_core.batch import storage
 from tools.postgres import PostgresError, server_binaries
-from tools.process_control import stop_process
+from tools.process_control import descendants, stop_process
 from tools.stack import GPU_POOL, LIGHT_POOL, LIGHT_WORKER, LocalStack
 
 MANIFEST = """version: 1
@@ -372,23 +372,6 @@ def test_two_shards_on_two_workers_complete_every_job_exactly_once(stack, s3_buc
     assert len(runs) == 2
     assert len(completions(stack, [r["id"] for r in runs])) == len(shard_jobs[0])
     assert completed_records(f"{s3_bucket}/sharded/out") == records  # nothing rewritten
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process started by `pid`, at any depth (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_a_rerun_finishes(stack, s3_bucket):

@@ -125,7 +125,7 @@ class LocalS3:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not _answers_http(s3) or _registered_volumes(master) < volumes:
+        while not answers_http(s3) or registered_volumes(master) < volumes:
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = self.log.read_text(errors="replace")[-2000:]
                 why = "timed out" if process.poll() is None else "exited"
@@ -134,7 +134,7 @@ class LocalS3:
         return process.pid
 
     def running(self, pid: int | None) -> bool:
-        return pid is not None and alive(pid) and _answers_http(self.ports[0])
+        return pid is not None and alive(pid) and answers_http(self.ports[0])
 
     def ensure_bucket(self, bucket: str) -> None:
         client = self.client()
@@ -154,7 +154,7 @@ class LocalS3:
         return True
 
 
-def _answers_http(port: int) -> bool:
+def answers_http(port: int) -> bool:
     """Any HTTP answer on the S3 port (even 403) means the gateway is serving."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
@@ -167,19 +167,24 @@ def _answers_http(port: int) -> bool:
         conn.close()
 
 
-def _registered_volumes(master_port: int) -> int:
-    """How many volumes the master knows a volume server holds (0 if it cannot say yet)."""
+def topology(master_port: int) -> dict[str, Any]:
+    """The master's view of its volume servers ({} if it cannot say yet)."""
     conn = http.client.HTTPConnection("127.0.0.1", master_port, timeout=1)
     try:
         conn.request("GET", "/dir/status")
-        topology = json.loads(conn.getresponse().read()).get("Topology") or {}
+        found = json.loads(conn.getresponse().read()).get("Topology") or {}
     except (OSError, ValueError):
-        return 0
+        return {}
     finally:
         conn.close()
+    return found if isinstance(found, dict) else {}
+
+
+def registered_volumes(master_port: int) -> int:
+    """How many volumes the master knows a volume server holds (0 if it cannot say yet)."""
     return sum(
         node.get("Volumes") or 0
-        for centre in topology.get("DataCenters") or []
+        for centre in topology(master_port).get("DataCenters") or []
         for rack in centre.get("Racks") or []
         for node in rack.get("DataNodes") or []
     )
