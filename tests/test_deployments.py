@@ -26,7 +26,7 @@ from imagegen import ONE_JOB_PER_UNIT_GB, write_batch
 
 from flows import watch
 from nst_core.batch import storage
-from tools.postgres import PostgresError, server_binaries
+from tools.postgres import server_binaries
 from tools.process_control import descendants, stop_process
 from tools.stack import GPU_POOL, LIGHT_POOL, LIGHT_WORKER, LocalStack
 
@@ -51,10 +51,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stack(s3_server):
-    try:
-        server_binaries()
-    except PostgresError as missing:
-        pytest.skip(str(missing))
+    server_binaries()  # PostgresError, with how to install it, when missing
     # Not under pytest's owner-only temp folder: PostgreSQL's user must reach the home.
     home = Path(tempfile.mkdtemp(prefix="nst-deployments-test-"))
     home.chmod(0o755)

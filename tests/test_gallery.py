@@ -50,7 +50,7 @@ VISIBLE_JOBS = "Array.from(document.querySelectorAll('figure.job:not([hidden])')
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
+        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

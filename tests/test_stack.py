@@ -27,7 +27,7 @@ from tools import api, deploy
 from tools.postgres import PostgresError, server_binaries
 from tools.process_control import GRPC_OFFSET, descendants, free_ports, port_open
 from tools.samples import BUCKET
-from tools.seaweed import S3Error, weed_binary
+from tools.seaweed import weed_binary
 from tools.stack import GPU_POOL, LIGHT_POOL, REPO, LocalStack
 from tools.stack_commands import main
 from tools.stack_config import StackConfig
@@ -149,6 +149,20 @@ def test_workers_get_the_local_bucket_and_only_the_server_gets_the_database(tmp_
     )
 
 
+def test_make_up_starts_the_gpu_worker_with_one_slot_and_the_light_worker_without(
+    tmp_path, monkeypatch
+):
+    started: dict[str, list[str]] = {}
+    monkeypatch.setattr(
+        LocalStack, "_spawn", lambda self, name, args, env=None: started.setdefault(name, args)
+    )
+    stack = LocalStack(home=tmp_path)  # what `python -m tools.stack up` builds
+    for name in stack.worker_names():
+        stack.start_worker(name)
+    assert started["worker"][-2:] == ["--limit", "1"]
+    assert "--limit" not in started["light"]
+
+
 def test_missing_server_binaries_are_one_line_naming_the_fix(tmp_path):
     with pytest.raises(PostgresError) as error:
         server_binaries(tmp_path)
@@ -178,11 +192,8 @@ def test_stack_commands_refuse_bad_input_in_one_line(tmp_path, monkeypatch, args
 # --------------------------------------------------------------------------- integration
 @pytest.fixture(scope="module")
 def stack():
-    try:
-        server_binaries()
-        weed_binary()
-    except (PostgresError, S3Error) as missing:
-        pytest.skip(str(missing))
+    server_binaries()  # each raises, saying how to install it, when missing
+    weed_binary()
     # Not under pytest's owner-only temp folder: PostgreSQL's user must reach the home.
     home = Path(tempfile.mkdtemp(prefix="nst-stack-test-"))
     home.chmod(0o755)
@@ -191,7 +202,6 @@ def stack():
         home=home,
         port=prefect_port,
         env={"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"},
-        worker_limit=1,  # a GPU host: one flow run at a time
         postgres_port=postgres_port,
         s3_ports=tuple(free_ports(5, twins=True, avoid={prefect_port, postgres_port})),
     )

@@ -23,6 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from nst_core.batch.processes import alive
+from tools.process_control import stop_process
 
 REGION = "us-east-1"
 
@@ -51,6 +52,8 @@ class LocalS3:
     ports: tuple[int, int, int, int, int]  # s3, master, volume, filer, admin
     access_key: str
     secret_key: str
+    volume_slots: int = 100  # volumes in all; each bucket takes at least one
+    volume_size_mb: int = 1024  # 1 GiB volumes keep their number small
 
     @property
     def endpoint_url(self) -> str:
@@ -81,9 +84,14 @@ class LocalS3:
         )
 
     def start(self, timeout: float = 60) -> int:
-        """Start `weed mini`; return its PID once S3 answers and the master knows every
-        volume already stored (started on old data, S3 answers before the volume server has
-        told the master about its volumes, and reads fail until it has)."""
+        """Start `weed mini` (see `launch`); return its PID."""
+        return self.launch(timeout).pid
+
+    def launch(self, timeout: float = 60) -> subprocess.Popen[bytes]:
+        """Start `weed mini` in a session of its own; return it once S3 answers and the
+        master knows every volume already stored (started on old data, S3 answers before
+        the volume server has told the master about its volumes, and reads fail until it
+        has). One that exits or times out first is stopped, and S3Error gives its log."""
         binary = weed_binary()
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -97,10 +105,11 @@ class LocalS3:
             "-ip.bind=127.0.0.1",
             "-admin.ui=false",
             "-webdav=false",
-            # Each bucket takes volumes of its own; volumes are sparse files, so a generous
-            # count costs no disk up front, and 1 GiB volumes keep their number small.
-            "-volume.max=100",
-            "-master.volumeSizeLimitMB=1024",
+            # Each bucket is a collection with volumes of its own, and by default weed allows
+            # free disk / 1 GiB volumes (on a 70 GB disk a 74th bucket's first PUT failed).
+            # Volumes are sparse files, so a generous count costs no disk up front.
+            f"-volume.max={self.volume_slots}",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.port={s3}",
@@ -114,7 +123,8 @@ class LocalS3:
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
-        with open(self.log, "ab") as log:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:  # a restart appends to the log of the run before
             process = subprocess.Popen(
                 command,
                 cwd=data,
@@ -127,11 +137,14 @@ class LocalS3:
         deadline = time.monotonic() + timeout
         while not answers_http(s3) or registered_volumes(master) < volumes:
             if process.poll() is not None or time.monotonic() > deadline:
+                code = process.poll()
+                stop_process(process.pid, timeout=10)
+                process.wait()
                 tail = self.log.read_text(errors="replace")[-2000:]
-                why = "timed out" if process.poll() is None else "exited"
+                why = "timed out" if code is None else f"exited with code {code}"
                 raise S3Error(f"weed mini {why} before serving S3 (log: {self.log}):\n{tail}")
             time.sleep(0.1)
-        return process.pid
+        return process
 
     def running(self, pid: int | None) -> bool:
         return pid is not None and alive(pid) and answers_http(self.ports[0])

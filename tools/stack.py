@@ -64,8 +64,9 @@ class LocalStack:
     port: int = 4200
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every process
     workers: int = 1
-    # Flow runs one GPU worker runs at once (None: no limit). One per GPU host is --limit 1.
-    worker_limit: int | None = None
+    # Flow runs one GPU worker runs at once (None: no limit). A GPU host runs one batch at a
+    # time (--limit 1, as the Dockerfile's worker): two would share its device's memory.
+    worker_limit: int | None = 1
     # sqlite: only to compare against (tools/slot_bench.py); a team's server runs on postgresql.
     database: Literal["postgresql", "sqlite"] = "postgresql"
     # False: no SeaweedFS of its own; `env` gives the workers an S3 endpoint (tests do).
