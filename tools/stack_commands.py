@@ -151,7 +151,7 @@ Next, from {REPO}:
   eval "$(python -m tools.stack env)"    # this shell's prefect, nst and boto3 use this stack
   prefect deployment run 'stylize-batch/adhoc' -p manifest={sample_manifest_uri()} --watch
   python -m tools.stack drop {home}/samples/demo.yaml   # into the inbox: a batch within a minute
-  python -m tools.stack nightly my-batch.yaml   # the nightly manifest; turns its schedule on
+  python -m tools.stack nightly {home}/samples/demo.yaml   # checked; nightly's; schedule on
   nst gallery s3://{BUCKET}/outputs/demo --serve   # the results, once a batch has run
   make down                                     # stop all of it
 """
