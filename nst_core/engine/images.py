@@ -247,6 +247,34 @@ def match_luminance(source: torch.Tensor, reference: torch.Tensor) -> torch.Tens
     return ((source - mean_s) / std_s.clamp_min(1e-6) * std_r + mean_r).clamp(0, 1)
 
 
+def colour_statistics(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RGB mean (3,) and covariance (3, 3) of a (1, 3, H, W) image, in float64 on the
+    host (MPS has no float64; a 3x3 problem gains nothing from a device)."""
+    pixels = image.reshape(3, -1).cpu().double()
+    return pixels.mean(dim=1), torch.cov(pixels)
+
+
+def match_colours(
+    source: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor
+) -> torch.Tensor:
+    """`source` (1, 3, H, W) recoloured to the given RGB mean and covariance by one affine map
+    of its pixels, x -> C_t^1/2 C_s^-1/2 (x - m_s) + m_t (Gatys et al. 2017, "Controlling
+    perceptual factors", colour histogram matching): the layout and detail are the source's,
+    the palette the target's."""
+    own_mean, own_cov = colour_statistics(source)
+    eye = 1e-5 * torch.eye(3, dtype=torch.float64)
+    root = _symmetric_power(covariance.cpu().double() + eye, 0.5)
+    map_ = root @ _symmetric_power(own_cov + eye, -0.5)
+    pixels = source.reshape(3, -1).cpu().double()
+    moved = map_ @ (pixels - own_mean[:, None]) + mean.double().cpu()[:, None]
+    return moved.reshape(source.shape).to(source.device, source.dtype).clamp(0, 1)
+
+
+def _symmetric_power(matrix: torch.Tensor, power: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp_min(1e-8) ** power) @ vectors.T
+
+
 def recombine_colour(stylised_luma: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """Stylised luminance with the content image's colour (I and Q channels)."""
     yiq = rgb_to_yiq(content)

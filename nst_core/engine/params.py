@@ -97,7 +97,11 @@ class StyleParams(BaseModel):
     learning_rate: Annotated[float, Range(0, 10, low_open=True)] = Field(
         default=0.02, description="Adam step size, in units of the 0-1 image range."
     )
-    init: Literal["content", "noise", "style"] = "content"
+    init: Literal["content", "palette", "noise", "style"] = Field(
+        default="content",
+        description="The start: content (the photo), palette (the photo in the painting's "
+        "colour mean and covariance), noise, or style (the painting stretched to size).",
+    )
     seed: Annotated[int, Range(0, 2**63 - 1)] = Field(
         default=0, description="Seeds noise init; same seed, same run."
     )

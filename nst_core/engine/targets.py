@@ -219,6 +219,8 @@ class Targets:
         for b, pair in enumerate(self.pairs):
             if pair.params.init == "content":
                 start = content[b : b + 1].clone()
+            elif pair.params.init == "palette":
+                start = images.match_colours(content[b : b + 1], *self._palette(pair, size))
             elif pair.params.init == "style":
                 start = images.to_tensor(images.resize(pair.styles[0], size)).to(self.device)
                 if pair.params.preserve_color:
@@ -228,6 +230,19 @@ class Targets:
                 start = torch.rand(1, 3, h, w, generator=generator).to(self.device)
             starts.append(start)
         return torch.cat(starts)
+
+    def _palette(self, pair: Pair, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The colour mean and covariance of the pair's styles, as a blend weighs them."""
+        weights = pair.blend_weights()
+        total = sum(weights)
+        mean = torch.zeros(3, dtype=torch.float64)
+        covariance = torch.zeros(3, 3, dtype=torch.float64)
+        for style, weight in zip(pair.styles, weights, strict=True):
+            fitted = images.resize(style, images.fit_size(*style.size, max(size)))
+            m, c = images.colour_statistics(images.to_tensor(fitted))
+            mean += m * (weight / total)
+            covariance += c * (weight / total)
+        return mean, covariance
 
     def recombine_colours(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Put the content colours back for the pairs that asked to preserve them."""
