@@ -34,7 +34,7 @@ import yaml
 from nst_core.batch.processes import alive
 from tools import api, deploy
 from tools.postgres import LocalPostgres
-from tools.process_control import stop_process
+from tools.process_control import stop_process, stop_processes
 from tools.samples import seed_bucket
 from tools.seaweed import LocalS3
 from tools.stack_config import StackConfig, StackError
@@ -256,7 +256,11 @@ class LocalStack:
         pids = self.running()
         stopped = []
         workers = sorted(n for n in pids if n.startswith("worker") or n == LIGHT_WORKER)
-        for name in [*workers, "server", "s3"]:
+        # Together: a worker with a flow run in flight can take its whole timeout.
+        if workers:
+            stop_processes([pids[name] for name in workers], timeout)
+            stopped.extend(workers)
+        for name in ["server", "s3"]:
             if name in pids:
                 stop_process(pids[name], timeout)
                 stopped.append(name)
