@@ -38,6 +38,7 @@ from nst_core.engine.progress import Progress, Reporter, losses_by_pair
 from nst_core.engine.steppers import Optimizer, optimizer_for, pairs_leaving
 from nst_core.engine.stopping import Stopping
 from nst_core.engine.targets import GramCache, Pair, Targets, check_sizes
+from nst_core.engine.temporal import check_targets
 from nst_core.engine.tiles import Tiling
 from nst_core.engine.tiling import TiledObjective
 from nst_core.engine.trace import HistoryRow, LossValues, ScaleRun
@@ -67,6 +68,9 @@ class Result:
     batch_size: int
     device: str
     precision: str
+    # A video frame's unweighted temporal loss (temporal.py) at the point `final` is of;
+    # None for a pair without a temporal target. `final.total` includes it, weighted.
+    temporal: float | None = None
 
 
 def network_for(params: StyleParams, device: torch.device | str) -> torch.nn.Module:
@@ -131,6 +135,7 @@ def stylize_pairs(
     precision = resolve_precision(params.precision, device, execution.precision)
     schedule = [images.fit_size(width, height, s) for s in params.schedule()]
     check_sizes(pairs, schedule, network_layers(params))
+    check_targets([p.temporal for p in pairs], (width, height))
     features = Features(network or network_for(params, device), device, precision)
     gram_of = gram_of or gram
     network_key = (params.weights, params.pooling, params.style_layers, features.bf16, str(device))
@@ -144,6 +149,10 @@ def stylize_pairs(
         x = run.optimise_scale(size, x)
     seconds = time.perf_counter() - started
     assert x is not None  # the schedule always ends at the output size
+    # One pixelwise pass at the output: cheaper than carrying a fourth part through the
+    # best point, the history and every record for what only video frames have.
+    term = targets.temporal(schedule[-1])
+    temporal: list[float | None] = [None] * len(pairs) if term is None else term.loss(x).tolist()
     x = targets.recombine_colours(x, schedule[-1])
     return [
         Result(
@@ -156,6 +165,7 @@ def stylize_pairs(
             batch_size=len(pairs),
             device=str(device),
             precision=precision,
+            temporal=temporal[b] if pairs[b].temporal is not None else None,
         )
         for b in range(len(pairs))
     ]
@@ -207,6 +217,7 @@ class Scales:
             self.loss_weights,
             targets.gram_of,
             targets.balanced(),
+            targets.temporal(size),
         )
         return (TiledObjective(objective, tiling) if tiling else objective), content
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from nst_core.engine.losses import content_loss, energies, style_loss, tv_loss
+from nst_core.engine.temporal import TemporalTerm
 
 # The network's forward pass as the loop runs it: image batch -> {layer: features}.
 FeaturesOf = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -44,7 +45,11 @@ def clamp_straight_through(x: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """point (B, 3, H, W) -> (total (B,), parts (3, B): content, style, total variation)."""
+    """point (B, 3, H, W) -> (total (B,), parts (3, B): content, style, total variation).
+
+    With a temporal term (video frames, temporal.py) the total also holds each pair's
+    weighted temporal loss; the parts stay the three, so every record keeps its shape.
+    """
 
     def __init__(
         self,
@@ -55,6 +60,7 @@ class Objective:
         loss_weights: torch.Tensor,
         gram_of: Callable[[torch.Tensor], torch.Tensor],
         balanced: torch.Tensor | None = None,
+        temporal: TemporalTerm | None = None,
     ) -> None:
         self.features = features
         self.content_targets = content_targets
@@ -62,6 +68,7 @@ class Objective:
         self.layer_weights = layer_weights
         self.loss_weights = loss_weights  # (B, 3)
         self.gram_of = gram_of
+        self.temporal = temporal
         # (B,) which pairs take the balanced loss: each term relative to its target's energy.
         self.content_scales = self.style_scales = None
         if balanced is not None and bool(balanced.any()):
@@ -85,6 +92,7 @@ class Objective:
         kept.content_scales = None if self.content_scales is None else pick(self.content_scales)
         kept.style_scales = None if self.style_scales is None else pick(self.style_scales)
         kept.loss_weights = self.loss_weights.index_select(0, index)
+        kept.temporal = None if self.temporal is None else self.temporal.keep(rows)
         return kept
 
     def evaluate(self, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,4 +122,6 @@ class Objective:
             ]
         )
         total = (self.loss_weights.T * parts).sum(dim=0)
+        if self.temporal is not None:
+            total = total + self.temporal.weighted(image)
         return total, parts

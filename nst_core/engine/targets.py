@@ -17,6 +17,7 @@ from nst_core.engine.layers import min_side
 from nst_core.engine.losses import blend_grams
 from nst_core.engine.objective import FeaturesOf
 from nst_core.engine.params import StyleParams
+from nst_core.engine.temporal import TemporalTarget, TemporalTerm
 from nst_core.engine.tiles import Tiling
 from nst_core.engine.tiling import tiled_features, tiled_grams
 from nst_core.errors import ImageError
@@ -36,6 +37,8 @@ class Pair:
     style_names: Sequence[str] = ()
     style_ids: Sequence[str] = ()  # stable identities (e.g. sha256) for the Gram cache
     content_id: str | None = None  # the content's stable identity (e.g. its bytes' sha256)
+    # A video frame's pull towards the previous stylised frame (temporal.py); None: a still.
+    temporal: TemporalTarget | None = None
 
     def content_identity(self) -> str:
         """What colour-preserving style targets are cached under: the caller's identity for
@@ -127,6 +130,7 @@ class Targets:
         self.cache = cache
         self.gram_of = gram_of
         self.network_key = network_key  # what besides the style makes its Grams differ
+        self._temporal: dict[tuple[int, int], TemporalTerm | None] = {}
 
     def contents(self, size: tuple[int, int], *, luma: bool) -> torch.Tensor:
         """Content images at `size`; with `luma`, grey for the pairs that preserve colour."""
@@ -212,8 +216,21 @@ class Targets:
         """(B,): the pairs whose losses are balanced (params.loss)."""
         return torch.tensor([p.params.loss == "balanced" for p in self.pairs], device=self.device)
 
+    def temporal(self, size: tuple[int, int]) -> TemporalTerm | None:
+        """The batch's temporal term at `size`, or None when no pair has a target; kept per
+        size, since the start, the objective and the result all ask for it."""
+        if size not in self._temporal:
+            self._temporal[size] = TemporalTerm.at_scale(
+                [pair.temporal for pair in self.pairs],
+                size,
+                self.device,
+                [pair.params.preserve_color for pair in self.pairs],
+            )
+        return self._temporal[size]
+
     def initial_image(self, size: tuple[int, int], content: torch.Tensor) -> torch.Tensor:
-        """Each pair's start: its content, its first style stretched to size, or its noise."""
+        """Each pair's start: its content, its first style stretched to size, or its noise;
+        for a pair with a temporal target, the warped previous output where it is reliable."""
         w, h = size
         starts = []
         for b, pair in enumerate(self.pairs):
@@ -229,7 +246,8 @@ class Targets:
                 generator = torch.Generator().manual_seed(pair.params.seed)
                 start = torch.rand(1, 3, h, w, generator=generator).to(self.device)
             starts.append(start)
-        return torch.cat(starts)
+        temporal = self.temporal(size)
+        return torch.cat(starts) if temporal is None else temporal.start(torch.cat(starts))
 
     def _palette(self, pair: Pair, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The colour mean and covariance of the pair's styles, as a blend weighs them."""

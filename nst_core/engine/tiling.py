@@ -132,9 +132,16 @@ class TiledObjective:
             assert d_gram is not None  # every style layer's Gram is in the style loss
             d_grams[name] = d_gram
 
+        # Pixelwise terms need no tiles: the total variation, and a video frame's temporal
+        # loss (its target and mask are the whole image's).
         image = point.clone().requires_grad_(True)
-        tv = tv_loss(clamp_straight_through(image))
-        (weights[:, 2] * tv).sum().backward()
+        clamped = clamp_straight_through(image)
+        tv = tv_loss(clamped)
+        pixelwise = weights[:, 2] * tv
+        temporal = None if o.temporal is None else o.temporal.weighted(clamped)
+        if temporal is not None:
+            pixelwise = pixelwise + temporal
+        pixelwise.sum().backward()
         gradient = image.grad
         assert gradient is not None  # a leaf of the tv loss: backward() set it
 
@@ -155,6 +162,8 @@ class TiledObjective:
 
         parts = torch.stack([content_error, style.detach(), tv.detach()])
         total = (weights.T * parts).sum(dim=0)
+        if temporal is not None:
+            total = total + temporal.detach()
         return total, parts, gradient
 
     def _content_error(
