@@ -98,6 +98,19 @@ def spawn():
             process.wait(timeout=30)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: several split a lone row's reductions differently from a
+    batch's rows (batch-independence tests); and on a CPU shared with other work, one
+    thread runs these small images faster."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _fast_lane_starts_no_process(request, monkeypatch):
     """A fast-lane test that starts a child process fails at once: it must take `spawn`

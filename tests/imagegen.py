@@ -6,6 +6,7 @@ import io
 import json
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 
@@ -32,6 +33,30 @@ def stripes(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
         x, y = rng.randrange(-width, width), rng.randrange(height)
         draw.line([(x, y), (x + width // 2, y + height // 3)], fill=rng.choice(palette), width=3)
     return image
+
+
+def sinusoids(
+    height: int,
+    width: int,
+    waves: int,
+    periods: tuple[float, float],
+    seed: int = 0,
+    shift: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """(H, W, 3) float sums of `waves` random sinusoids per channel (periods in px, every
+    orientation), sampled at points moved by `shift` = (dx, dy): a texture defined
+    everywhere, so a shifted frame is exact at any sub-pixel shift and optical flow has
+    detail to match in every direction."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    xs, ys = xs - shift[0], ys - shift[1]
+    out = np.zeros((height, width, 3))
+    for channel in range(3):
+        for _ in range(waves):
+            k = 2 * np.pi / rng.uniform(*periods)
+            theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+            out[..., channel] += np.sin(k * (np.cos(theta) * xs + np.sin(theta) * ys) + phase)
+    return out
 
 
 def png_bytes(image: Image.Image) -> bytes:

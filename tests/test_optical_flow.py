@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from imagegen import sinusoids
 from PIL import Image
 
 from nst_core.engine.optical_flow import (
@@ -27,15 +28,7 @@ def texture(shift=(0.0, 0.0), seed=0, height=HEIGHT, width=WIDTH):
     texture sampled at shifted points: exact at any sub-pixel shift, with no resampling blur
     that would differ between frames. Periods of 6-24 px in all orientations leave DIS no
     aperture problem."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    xs, ys = xs - shift[0], ys - shift[1]
-    out = np.zeros((height, width, 3))
-    for channel in range(3):
-        for _ in range(24):
-            k = 2 * np.pi / rng.uniform(6, 24)
-            theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-            out[..., channel] += np.sin(k * (np.cos(theta) * xs + np.sin(theta) * ys) + phase)
+    out = sinusoids(height, width, waves=24, periods=(6, 24), seed=seed, shift=shift)
     # A fixed scale, not each frame's own range, so a shift leaves brightness as it was: the
     # sum's spread is sqrt(24 / 2), and +-2.8 of it fills 0-255.
     out = np.clip(0.5 + out / (4 * np.sqrt(24)), 0, 1)

@@ -5,7 +5,8 @@ itself: on a panning shot, consecutive outputs agree better than per-frame styli
 import numpy as np
 import pytest
 import torch
-from imagegen import scene, stripes
+from imagegen import scene, sinusoids, stripes
+from per_sample import PerSampleNetwork
 from PIL import Image
 
 from nst_core.engine import images
@@ -30,41 +31,12 @@ def params(**overrides) -> StyleParams:
     return StyleParams(**{**SMALL, **overrides})
 
 
-@pytest.fixture
-def one_thread():
-    """Intra-op threads split a lone row's reductions differently from a batch's rows; and
-    on a CPU shared with other work, one thread runs these small images faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class PerSampleNetwork(torch.nn.Module):
-    """Runs the real network one sample at a time: batch-invariant arithmetic by construction."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        outs = [self.inner(x[i : i + 1]) for i in range(x.shape[0])]
-        return {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
-
-
 def pan(frames=4, step=3, width=64, height=48, seed=0):
     """A camera panning right over a textured scene: frame t is the scene moved `step` px
     further left. The scene's blocks plus sinusoids of 5-14 px give DIS texture everywhere."""
     wide = width + step * (frames - 1)
     base = np.asarray(scene(wide, height, seed=seed), dtype=np.float64) / 255
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:wide].astype(np.float64)
-    texture = np.zeros((height, wide, 3))
-    for channel in range(3):
-        for _ in range(12):
-            k = 2 * np.pi / rng.uniform(5, 14)
-            theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-            texture[..., channel] += np.sin(k * (np.cos(theta) * xs + np.sin(theta) * ys) + phase)
+    texture = sinusoids(height, wide, waves=12, periods=(5, 14), seed=seed)
     pixels = np.round(np.clip(base + 0.1 * texture, 0, 1) * 255).astype(np.uint8)
     return [Image.fromarray(pixels[:, step * t : step * t + width]) for t in range(frames)]
 

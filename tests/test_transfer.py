@@ -1,6 +1,7 @@
 import pytest
 import torch
 from imagegen import scene, stripes
+from per_sample import PerSampleNetwork
 
 from nst_core.engine import images, losses, targets
 from nst_core.engine.loop import network_for, stylize, stylize_pairs
@@ -65,27 +66,6 @@ def mixed_pairs(iterations: int) -> list[Pair]:
         Pair(scene(seed=4), [stripes(seed=5)], params(init="style", preserve_color=True, **n)),
         Pair(scene(seed=5), [stripes(seed=6)], params(init="palette", **n)),
     ]
-
-
-class PerSampleNetwork(torch.nn.Module):
-    """Runs the real network one sample at a time: batch-invariant arithmetic by construction."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        outs = [self.inner(x[i : i + 1]) for i in range(x.shape[0])]
-        return {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
-
-
-@pytest.fixture
-def one_thread():
-    """Intra-op threads split a lone row's reductions differently from a batch's rows."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_engine_couples_no_pair_to_its_batch(one_thread):
